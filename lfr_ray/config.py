@@ -1,0 +1,451 @@
+"""The typed configuration tree: dataclasses, loaded from YAML with ``a.b=value`` overrides.
+
+Every section is a frozen dataclass with a docstring per field. ``load_config`` builds the tree
+from a YAML file plus command-line overrides and rejects, before any work starts, an unknown key
+or a bad value with a ``ConfigError`` that names the key and says what is allowed.
+
+This module imports neither Ray nor torch, so notebooks and unit tests load it instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+DEMO_DATA = str(Path(__file__).parent / "assets" / "demo.jsonl.gz")
+CONFIG_DIR = Path(__file__).parent / "configs"  # shipped YAML configs (``configs/`` links here)
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names the key."""
+
+
+def _fail(key: str, msg: str) -> None:
+    raise ConfigError(f"config key '{key}': {msg}")
+
+
+def _check_positive(obj: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            _fail(f"{prefix}.{name}", f"must be > 0, got {value!r}")
+
+
+def _check_non_negative(obj: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < 0:
+            _fail(f"{prefix}.{name}", f"must be >= 0, got {value!r}")
+
+
+def _check_fraction(key: str, value: float, *, allow_zero: bool = False) -> None:
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not (low_ok and value <= 1):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        _fail(key, f"must be a fraction in {interval}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Raw text in, tokenized fixed-length blocks out (``lfr-ray prepare``)."""
+
+    inputs: tuple[str, ...] = ()
+    """Files, directories or URIs (``s3://``, ``gs://``) of raw text; empty means the bundled demo corpus."""
+    format: Literal["auto", "jsonl", "parquet", "text", "hf"] = "auto"
+    """Input format; ``auto`` decides per file from its suffix (a directory with ``dataset_info.json`` is ``hf``)."""
+    text_field: str = "text"
+    """Column or JSON key holding the document text."""
+    domain_field: Optional[str] = "source"
+    """Column or JSON key holding the document's domain/source label; null gives every document ``unknown``."""
+    id_field: Optional[str] = "id"
+    """Column or JSON key holding a document id; null (or a missing value) uses ``<file name>:<row>``."""
+    output_dir: str = "data/demo"
+    """Where the prepared blocks, tokenizer and metadata are written."""
+    tokenizer: Optional[str] = None
+    """A local Hugging Face tokenizer directory; null trains a byte-level BPE on the corpus."""
+    vocab_size: int = 4096
+    """Vocabulary size (tokens) of the trained byte-level BPE; ignored with ``tokenizer``."""
+    tokenizer_train_chars: int = 50_000_000
+    """At most this many characters of the training split (in input order) train the BPE."""
+    block_len: int = 128
+    """Tokens a model sees per block; each stored block holds ``block_len + 1`` ids for next-token targets."""
+    val_frac: float = 0.02
+    """Fraction of documents (chosen by a hash of the document key) held out for validation; 0 disables."""
+    val_inputs: tuple[str, ...] = ()
+    """Separate validation inputs; when given, ``val_frac`` is ignored and no training document is held out."""
+    max_error_locations: int = 5
+    """How many offending ``file:line`` locations per kind of bad input the log and metadata keep."""
+    rows_per_unit: int = 20_000
+    """Rows of a Parquet/HF file per parallel read unit (a unit is read, tokenized and packed by one task)."""
+    num_cpus_per_task: float = 1.0
+    """CPUs each Ray Data preparation task reserves."""
+
+    def validate(self, prefix: str = "data") -> None:
+        for key in ("text_field",):
+            if not getattr(self, key):
+                _fail(f"{prefix}.{key}", "must be a non-empty string")
+        if self.block_len < 2:
+            _fail(f"{prefix}.block_len", f"must be an integer >= 2, got {self.block_len!r}")
+        if self.vocab_size < 260:
+            _fail(f"{prefix}.vocab_size", f"must be >= 260 (256 bytes plus specials), got {self.vocab_size!r}")
+        _check_positive(self, prefix, "tokenizer_train_chars", "rows_per_unit", "num_cpus_per_task")
+        _check_non_negative(self, prefix, "max_error_locations")
+        if not 0 <= self.val_frac < 1:
+            _fail(f"{prefix}.val_frac", f"must be in [0, 1), got {self.val_frac!r}")
+        for key in ("inputs", "val_inputs"):
+            for path in getattr(self, key):
+                if "://" not in path and not Path(path).exists():
+                    _fail(f"{prefix}.{key}", f"path does not exist: {path}")
+        if self.tokenizer is not None and "://" not in self.tokenizer and not Path(self.tokenizer).is_dir():
+            _fail(f"{prefix}.tokenizer", f"must be a local tokenizer directory, not found: {self.tokenizer}")
+
+    @property
+    def resolved_inputs(self) -> tuple[str, ...]:
+        return self.inputs or (DEMO_DATA,)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The causal LM trained from scratch (random weights); the vocabulary comes from the prepared data."""
+
+    arch: Literal["llama", "gpt2"] = "llama"
+    """``llama`` (LlamaForCausalLM) or ``gpt2`` (GPT2LMHeadModel)."""
+    hidden_size: int = 128
+    """Width of the residual stream."""
+    num_layers: int = 4
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads; must divide ``hidden_size``."""
+    intermediate_size: int = 0
+    """MLP width; 0 means ``4 * hidden_size`` for gpt2 and ``8/3 * hidden_size`` (rounded to 32) for llama."""
+    tie_embeddings: bool = True
+    """Share the input embedding and output projection weights."""
+    dropout: float = 0.0
+    """Dropout probability (gpt2 only; llama has none)."""
+
+    def validate(self, prefix: str = "model") -> None:
+        _check_positive(self, prefix, "hidden_size", "num_layers", "num_heads")
+        _check_non_negative(self, prefix, "intermediate_size")
+        if self.hidden_size % self.num_heads:
+            _fail(f"{prefix}.num_heads", f"must divide hidden_size={self.hidden_size}, got {self.num_heads}")
+        if not 0 <= self.dropout < 1:
+            _fail(f"{prefix}.dropout", f"must be in [0, 1), got {self.dropout!r}")
+
+    def ffn_size(self) -> int:
+        if self.intermediate_size:
+            return self.intermediate_size
+        if self.arch == "gpt2":
+            return 4 * self.hidden_size
+        return 32 * -(-(8 * self.hidden_size // 3) // 32)
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One phase of the LFR schedule."""
+
+    kind: Literal["learn", "focus", "review"] = "learn"
+    """``learn``: all blocks, random order; ``focus``: the hardest ``keep_frac``; ``review``: all blocks again."""
+    passes: int = 1
+    """Passes over this phase's own block set."""
+    keep_frac: float = 1.0
+    """Fraction of blocks a focus phase keeps (by highest latest recorded loss); must be 1 for learn/review."""
+
+    def validate(self, prefix: str) -> None:
+        _check_positive(self, prefix, "passes")
+        _check_fraction(f"{prefix}.keep_frac", self.keep_frac)
+        if self.kind != "focus" and self.keep_frac != 1.0:
+            _fail(f"{prefix}.keep_frac", f"only a focus phase drops blocks; a {self.kind} phase needs 1.0")
+
+
+def paper_schedule() -> tuple[PhaseConfig, ...]:
+    """The paper's GPT-2 schedule: learn 1; focus 50% once; review 1; focus 30% twice."""
+    return (
+        PhaseConfig("learn", 1),
+        PhaseConfig("focus", 1, 0.5),
+        PhaseConfig("review", 1),
+        PhaseConfig("focus", 2, 0.3),
+    )
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """The sequence of phases; any sequence is allowed as long as it starts with a learn phase."""
+
+    phases: tuple[PhaseConfig, ...] = field(default_factory=paper_schedule)
+    """Phases in order; a focus phase needs a recorded loss for every block, so a learn phase comes first."""
+
+    def validate(self, prefix: str = "schedule") -> None:
+        if not self.phases:
+            _fail(f"{prefix}.phases", "must hold at least one phase")
+        if self.phases[0].kind != "learn":
+            _fail(f"{prefix}.phases.0.kind", "the first phase must be 'learn' (focus needs recorded losses)")
+        for i, phase in enumerate(self.phases):
+            phase.validate(f"{prefix}.phases.{i}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Ray Train workers, optimisation and the learning-rate schedule."""
+
+    num_workers: int = 1
+    """Data-parallel Ray Train workers."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL and bf16 autocast; false trains on CPU with gloo in float32."""
+    cpus_per_worker: float = 1.0
+    """CPUs each training worker reserves."""
+    micro_batch_size: int = 16
+    """Blocks per worker per forward/backward."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr_frac: float = 0.1
+    """Learning rate at the end of the cosine decay, as a fraction of ``lr``."""
+    warmup_frac: float = 0.05
+    """Fraction of the run's optimizer steps spent in linear warmup."""
+    weight_decay: float = 0.1
+    """AdamW weight decay (not applied to biases, norms and embeddings)."""
+    beta2: float = 0.95
+    """AdamW beta2 (beta1 is 0.9)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables."""
+    seed: int = 0
+    """Seed for weights, data order and selection tie-breaking."""
+    log_every_steps: int = 20
+    """Steps between status lines and rows of ``metrics.jsonl``."""
+    eval_every_steps: int = 100
+    """Steps between validation-loss evaluations (and at every phase end)."""
+    eval_max_blocks: int = 512
+    """Validation blocks evaluated (the first ones by block_id); 0 means all."""
+    checkpoint_every_steps: int = 200
+    """Steps between checkpoints (and at every phase end)."""
+    stats_flush_every_steps: int = 10
+    """Steps a worker buffers per-block losses before sending them to the statistics actor."""
+    max_failures: int = 2
+    """Worker failures Ray Train retries from the latest checkpoint."""
+
+    def validate(self, prefix: str = "train") -> None:
+        _check_positive(
+            self, prefix, "num_workers", "cpus_per_worker", "micro_batch_size", "grad_accum_steps", "lr",
+            "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "stats_flush_every_steps",
+        )
+        _check_non_negative(self, prefix, "weight_decay", "grad_clip", "eval_max_blocks", "max_failures")
+        _check_fraction(f"{prefix}.min_lr_frac", self.min_lr_frac, allow_zero=True)
+        if not 0 <= self.warmup_frac < 1:
+            _fail(f"{prefix}.warmup_frac", f"must be in [0, 1), got {self.warmup_frac!r}")
+        if not 0 < self.beta2 < 1:
+            _fail(f"{prefix}.beta2", f"must be in (0, 1), got {self.beta2!r}")
+
+    def global_batch_blocks(self) -> int:
+        """Blocks per optimizer step across all workers."""
+        return self.num_workers * self.micro_batch_size * self.grad_accum_steps
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run lives; re-running with the same name resumes it."""
+
+    name: str = "demo"
+    """Run name; the run directory is ``<root_dir>/<name>``."""
+    root_dir: str = "runs"
+    """Directory holding run directories."""
+
+    def validate(self, prefix: str = "run") -> None:
+        if not self.name or "/" in self.name:
+            _fail(f"{prefix}.name", f"must be a non-empty name without '/', got {self.name!r}")
+
+    def run_dir(self) -> Path:
+        return Path(self.root_dir).absolute() / self.name
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of an lfr-ray run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Building the tree from plain data, with type checks that name the key
+# --------------------------------------------------------------------------------------------
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _describe(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {_describe(get_args(tp)[0])}"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key)
+            except ConfigError as e:
+                errors.append(e)
+        _fail(key, f"expected {_describe(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            _fail(key, f"expected {_describe(tp)}, got {value!r}")
+        return value
+    if origin is tuple:
+        (item_tp, *_rest) = get_args(tp)
+        if isinstance(value, str) and item_tp is str:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            _fail(key, f"expected {_describe(tp)}, got {value!r}")
+        return tuple(_convert(item_tp, v, f"{key}.{i}") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(key, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, f"expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(key, f"expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} at {key}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        _fail(prefix or "<root>", f"expected {_describe(cls)}, got {data!r}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        _fail(f"{where}{unknown[0]}", f"unknown key; allowed keys here: {', '.join(names)}")
+    kwargs = {
+        name: _convert(hints[name], value, f"{prefix}.{name}" if prefix else name)
+        for name, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def _set_override(tree: dict[str, Any], dotted: str, raw: str) -> None:
+    """Apply ``a.b.c=value``; list elements are addressed by index (``schedule.phases.1.keep_frac``)."""
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                _fail(here, f"list index out of range (the list has {len(node)} items)")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if node is None:
+                    node = {}
+        else:
+            _fail(here, f"cannot set a sub-key of a {type(node).__name__} value")
+
+
+def parse_overrides(overrides: typing.Iterable[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        pairs.append((key.strip(), raw))
+    return pairs
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> Config:
+    """Build and validate a ``Config`` from a YAML file (or defaults) and ``key.sub=value`` overrides."""
+    tree: dict[str, Any] = Config().to_dict()
+    if path is not None:
+        path = Path(path)
+        if not path.exists() and (CONFIG_DIR / path).exists():
+            path = CONFIG_DIR / path
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        _merge(tree, loaded, "")
+    for key, raw in parse_overrides(overrides):
+        _set_override(tree, key, raw)
+    return _build(Config, tree, "").validate()
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str) -> None:
+    for key, value in new.items():
+        here = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value, f"{here}.")
+        else:
+            base[key] = value
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a validated config from ``Config.to_dict()`` output (e.g. a run's ``config.yaml``)."""
+    return _build(Config, data, "").validate()
