@@ -61,7 +61,10 @@ class DataConfig:
     """Raw text in, tokenized fixed-length blocks out (``lfr-ray prepare``)."""
 
     inputs: tuple[str, ...] = ()
-    """Files, directories or URIs (``s3://``, ``gs://``) of raw text; empty means the bundled demo corpus."""
+    """Files, directories or URIs (``s3://``, ``gs://``) of raw text; empty means the bundled demo corpus.
+
+    A relative path that does not exist from the working directory is looked up inside the package,
+    so ``assets/debug.jsonl.gz`` names the bundled debug sample wherever lfr-ray is installed."""
     format: Literal["auto", "jsonl", "parquet", "text", "hf"] = "auto"
     """Input format; ``auto`` decides per file from its suffix (a directory with ``dataset_info.json`` is ``hf``)."""
     text_field: str = "text"
@@ -105,14 +108,30 @@ class DataConfig:
             _fail(f"{prefix}.val_frac", f"must be in [0, 1), got {self.val_frac!r}")
         for key in ("inputs", "val_inputs"):
             for path in getattr(self, key):
-                if "://" not in path and not Path(path).exists():
+                if not _exists(path):
                     _fail(f"{prefix}.{key}", f"path does not exist: {path}")
         if self.tokenizer is not None and "://" not in self.tokenizer and not Path(self.tokenizer).is_dir():
             _fail(f"{prefix}.tokenizer", f"must be a local tokenizer directory, not found: {self.tokenizer}")
 
     @property
     def resolved_inputs(self) -> tuple[str, ...]:
-        return self.inputs or (DEMO_DATA,)
+        return tuple(resolve_path(p) for p in self.inputs) or (DEMO_DATA,)
+
+    @property
+    def resolved_val_inputs(self) -> tuple[str, ...]:
+        return tuple(resolve_path(p) for p in self.val_inputs)
+
+
+def resolve_path(path: str) -> str:
+    """A URI or existing path as given; else the same relative path inside the package, if it exists."""
+    if "://" in path or Path(path).exists():
+        return path
+    packaged = Path(__file__).parent / path
+    return str(packaged) if packaged.exists() else path
+
+
+def _exists(path: str) -> bool:
+    return "://" in path or Path(resolve_path(path)).exists()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,253 @@
+"""The driver of an LFR run: prepare the data, start the statistics actor, train, export, summarise.
+
+``run(cfg)`` is the whole LFR loop as a user sees it. It assumes Ray is initialised (``cli.py`` does
+that) and is resumable: re-running a run name whose run stopped continues from its last checkpoint;
+re-running a complete run only prints its summary.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lfr_ray.config import Config, config_from_dict
+from lfr_ray.paths import RunPaths, atomic_write_json, atomic_write_text
+from lfr_ray.schedule import plan_phases, total_steps
+
+ACTOR_NAMESPACE = "lfr_ray"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue as asked."""
+
+
+def stats_actor_name(run_name: str) -> str:
+    return f"lfr-stats-{run_name}"
+
+
+def check_run_config(paths: RunPaths, cfg: Config) -> None:
+    """Write the resolved config into a new run directory, or check an existing run matches it.
+
+    Only logging and failure-handling settings may change when a run is resumed; anything that
+    changes what is trained would silently mix two runs in one directory.
+    """
+    if not paths.config.exists():
+        atomic_write_text(paths.config, cfg.to_yaml())
+        return
+    import yaml
+
+    old = config_from_dict(yaml.safe_load(paths.config.read_text())).to_dict()
+    new = cfg.to_dict()
+    mutable = {"log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_failures", "stats_flush_every_steps"}
+    diffs = [
+        f"{section}.{key}: {old[section][key]!r} -> {new[section][key]!r}"
+        for section in new
+        for key in new[section]
+        if old[section][key] != new[section][key] and not (section == "train" and key in mutable)
+    ]
+    if diffs:
+        raise RunError(
+            f"run directory {paths.root} holds a run with a different config ({'; '.join(diffs)}). "
+            "Choose another run.name, or delete that directory to start over."
+        )
+
+
+def run(cfg: Config, *, verbose: bool = True) -> dict[str, Any]:
+    """Run (or resume) the LFR schedule of ``cfg``; return the summary."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from lfr_ray.coordinator import Coordinator
+    from lfr_ray.data import prepare, read_blocks
+
+    paths = RunPaths(cfg.run.run_dir())
+    if paths.complete.exists():
+        summary = json.loads(paths.summary.read_text())
+        if verbose:
+            print(f"Run '{cfg.run.name}' is already complete at {paths.root}.\n")
+            print(format_summary(summary))
+        return summary
+    paths.root.mkdir(parents=True, exist_ok=True)
+    check_run_config(paths, cfg)
+    t0 = time.time()
+
+    meta = prepare(cfg.data, config_yaml=cfg.to_yaml(), progress=verbose)
+    num_blocks = meta["train"]["num_blocks"]
+    plans = plan_phases(cfg.schedule, num_blocks, cfg.train.global_batch_blocks())
+    domains = read_blocks(cfg.data.output_dir, "train", columns=["source"])["source"].to_numpy(zero_copy_only=False)
+    if verbose:
+        print(format_plan(cfg, meta, plans))
+
+    coordinator_actor = (
+        ray.remote(Coordinator)
+        .options(name=stats_actor_name(cfg.run.name), namespace=ACTOR_NAMESPACE, num_cpus=0, max_restarts=0)
+        .remote(str(paths.root), num_blocks, domains, cfg.train.seed)
+    )
+    try:
+        trainer = TorchTrainer(
+            _train_loop,
+            train_loop_config={
+                "config": cfg.to_dict(),
+                "coordinator_actor": coordinator_actor,
+                "data_dir": str(Path(cfg.data.output_dir).absolute()),
+            },
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=cfg.train.num_workers,
+                use_gpu=cfg.train.use_gpu,
+                resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+            ),
+            run_config=ray.train.RunConfig(
+                name=paths.train_storage.name,
+                storage_path=str(paths.train_storage.parent),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        result = trainer.fit()
+        stats_summary = ray.get(coordinator_actor.summary.remote())
+    finally:
+        ray.kill(coordinator_actor)
+
+    export_model(result.checkpoint, paths.model, cfg, Path(cfg.data.output_dir) / "tokenizer", meta)
+    summary = build_summary(cfg, paths, meta, plans, stats_summary, wall_s=time.time() - t0)
+    atomic_write_json(paths.summary, summary)
+    atomic_write_text(paths.complete, "")
+    if verbose:
+        print(format_summary(summary))
+    return summary
+
+
+def _train_loop(loop_config: dict[str, Any]) -> None:
+    # Imported inside the worker so the driver does not pickle the training module's globals.
+    from lfr_ray.train import train_loop_per_worker
+
+    train_loop_per_worker(loop_config)
+
+
+def export_model(checkpoint, out_dir: Path, cfg: Config, tokenizer_dir: Path, meta: dict[str, Any]) -> None:
+    """Save the final weights with ``save_pretrained`` beside the tokenizer, atomically."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from lfr_ray.modeling import build_model
+
+    model = build_model(cfg.model, vocab_size=meta["tokenizer"]["vocab_size"], block_len=cfg.data.block_len,
+                        eos_token_id=meta["tokenizer"]["eot_id"], seed=cfg.train.seed)
+    with checkpoint.as_directory() as d:
+        model.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu"))
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.rename(out_dir)
+
+
+def read_metrics(paths: RunPaths) -> list[dict[str, Any]]:
+    if not paths.metrics.exists():
+        return []
+    return [json.loads(line) for line in paths.metrics.read_text().splitlines() if line.strip()]
+
+
+def build_summary(cfg: Config, paths: RunPaths, meta: dict[str, Any], plans, stats_summary: dict[str, Any],
+                  *, wall_s: float) -> dict[str, Any]:
+    rows = read_metrics(paths)
+    evals = [r for r in rows if "val_loss" in r]
+    final = evals[-1] if evals else {}
+    train_s = sum(r["interval_s"] for r in rows)  # time in training steps and evaluation, resumed segments included
+    phases = []
+    for plan in plans:
+        sel_json = paths.selection(plan.phase_idx).with_suffix(".json")
+        composition = json.loads(sel_json.read_text())["composition"] if sel_json.exists() else meta["train"]["per_domain"]
+        if not sel_json.exists():
+            composition = {d: v["blocks"] for d, v in composition.items()}
+        phase_stats = paths.stats_snapshot(plan.phase_idx).with_suffix(".json")
+        phases.append({
+            "phase_idx": plan.phase_idx, "kind": plan.kind, "keep_frac": plan.keep_frac, "passes": plan.passes,
+            "num_blocks": plan.num_blocks, "steps": plan.num_steps,
+            "composition": composition,
+            "stats_at_end": json.loads(phase_stats.read_text()) if phase_stats.exists() else None,
+        })
+    tokens_trained = total_steps(plans) * cfg.train.global_batch_blocks() * cfg.data.block_len
+    return {
+        "run": cfg.run.name,
+        "run_dir": str(paths.root),
+        "num_blocks": meta["train"]["num_blocks"],
+        "tokens_per_epoch": meta["train"]["num_blocks"] * cfg.data.block_len,
+        "tokens_trained": tokens_trained,
+        "epochs_of_tokens": tokens_trained / max(1, meta["train"]["num_blocks"] * cfg.data.block_len),
+        "steps": total_steps(plans),
+        "final_val_loss": final.get("val_loss"),
+        "final_val_loss_by_domain": final.get("val_loss_by_domain"),
+        "unigram_val_loss": meta.get("unigram_loss"),
+        "wall_s": wall_s,
+        "train_s": train_s,
+        "tokens_per_s": tokens_trained / train_s if train_s else None,
+        "phases": phases,
+        "forgetting": {k: v for k, v in stats_summary.items() if "forgot" in k or "learned" in k or "never" in k},
+        "stats": stats_summary,
+        "model_dir": str(paths.model),
+    }
+
+
+def format_plan(cfg: Config, meta: dict[str, Any], plans) -> str:
+    """The derived numbers, printed at start-up (nanoGPT habit): tokens per step, steps, budget."""
+    tc = cfg.train
+    tokens_per_step = tc.global_batch_blocks() * cfg.data.block_len
+    total = total_steps(plans)
+    n = meta["train"]["num_blocks"]
+    lines = [
+        f"LFR run '{cfg.run.name}' -> {cfg.run.run_dir()}",
+        f"  data: {n:,} training blocks of {cfg.data.block_len} tokens ({n * cfg.data.block_len:,} tokens), "
+        f"{meta['val']['num_blocks']:,} validation blocks",
+        f"  model: {cfg.model.arch} hidden={cfg.model.hidden_size} layers={cfg.model.num_layers} "
+        f"heads={cfg.model.num_heads}, vocab {meta['tokenizer']['vocab_size']}",
+        f"  batch: {tc.num_workers} worker(s) x {tc.micro_batch_size} blocks x {tc.grad_accum_steps} accum "
+        f"= {tc.global_batch_blocks()} blocks = {tokens_per_step:,} tokens per step",
+        "  schedule:",
+    ]
+    for p in plans:
+        lines.append(
+            f"    phase {p.phase_idx}: {p.kind:<6} keep {p.keep_frac:>4.0%} x{p.passes} pass(es): "
+            f"{p.num_blocks:,} blocks, steps {p.start_step}..{p.end_step - 1} ({p.num_steps} steps)"
+        )
+    lines.append(
+        f"  total: {total} steps, {total * tokens_per_step:,} tokens "
+        f"({total * tokens_per_step / (n * cfg.data.block_len):.2f} epochs of tokens); "
+        f"unigram baseline val loss {meta.get('unigram_loss', float('nan')):.3f}"
+    )
+    return "\n".join(lines)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"Run '{summary['run']}' finished: {summary['tokens_trained']:,} tokens "
+        f"({summary['epochs_of_tokens']:.2f} epochs of tokens) in {summary['steps']} steps",
+    ]
+    if summary.get("final_val_loss") is not None:
+        lines.append(
+            f"  final validation loss {summary['final_val_loss']:.3f} nats/token "
+            f"(perplexity {np.exp(summary['final_val_loss']):.1f}); unigram baseline {summary['unigram_val_loss']:.3f}"
+        )
+        for domain, loss in (summary.get("final_val_loss_by_domain") or {}).items():
+            lines.append(f"    {domain:<12} {loss:.3f}")
+    if summary.get("tokens_per_s"):
+        lines.append(f"  wall time {summary['wall_s']:.0f} s, training {summary['tokens_per_s']:,.0f} tokens/s")
+    lines.append("  phases (blocks trained on, domain mix):")
+    for p in summary["phases"]:
+        total = sum(p["composition"].values()) or 1
+        mix = ", ".join(f"{d} {c / total:.0%}" for d, c in sorted(p["composition"].items()))
+        lines.append(f"    {p['phase_idx']}: {p['kind']:<6} {p['num_blocks']:>8,} blocks  {mix}")
+    f = summary["stats"]
+    lines.append(
+        f"  forgetting: {f.get('forgotten_now', 0):,} blocks forgotten at their last recording, "
+        f"{f.get('forgotten_at_least_once', 0):,} at least once, {f.get('forgotten_more_than_once', 0):,} more than once"
+    )
+    lines.append(f"  model: {summary['model_dir']} (AutoModelForCausalLM.from_pretrained)")
+    return "\n".join(lines)
