@@ -50,7 +50,7 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, runtime_env=env)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env)
+        ray.init(num_cpus=num_cpus, runtime_env=env)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -246,13 +246,19 @@ class TrainConfig:
     eval_every_steps: int = 100
     """Steps between validation-loss evaluations (and at every phase end)."""
     eval_max_blocks: int = 512
-    """Validation blocks evaluated (the first ones by block_id); 0 means all."""
+    """Validation blocks evaluated (evenly spaced over block ids, so every domain is represented); 0 means all."""
     checkpoint_every_steps: int = 200
     """Steps between checkpoints (and at every phase end)."""
     stats_flush_every_steps: int = 10
     """Steps a worker buffers per-block losses before sending them to the statistics actor."""
     max_failures: int = 2
     """Worker failures Ray Train retries from the latest checkpoint."""
+    node_resource: Optional[str] = None
+    """A custom Ray resource that only the training node type offers (``lfr_train`` in ``cluster.yaml``).
+
+    Each worker reserves ``NODE_RESOURCE_PER_WORKER`` (0.001) of it besides its CPUs and GPU, so workers
+    are placed only on nodes that declare it (one unit admits up to 1,000 workers) and the autoscaler
+    starts such a node when none is free. Null: any node with free CPUs (and GPUs) will do."""
 
     def validate(self, prefix: str = "train") -> None:
         _check_positive(
@@ -265,10 +271,33 @@ class TrainConfig:
             _fail(f"{prefix}.warmup_frac", f"must be in [0, 1), got {self.warmup_frac!r}")
         if not 0 < self.beta2 < 1:
             _fail(f"{prefix}.beta2", f"must be in (0, 1), got {self.beta2!r}")
+        if self.node_resource is not None:
+            _check_custom_resource(f"{prefix}.node_resource", self.node_resource)
 
     def global_batch_blocks(self) -> int:
         """Blocks per optimizer step across all workers."""
         return self.num_workers * self.micro_batch_size * self.grad_accum_steps
+
+    def worker_resources(self) -> dict[str, float]:
+        """What each Ray Train worker reserves (``ScalingConfig.resources_per_worker``)."""
+        resources = {"CPU": self.cpus_per_worker}
+        if self.use_gpu:
+            resources["GPU"] = 1.0
+        if self.node_resource is not None:
+            resources[self.node_resource] = NODE_RESOURCE_PER_WORKER
+        return resources
+
+
+NODE_RESOURCE_PER_WORKER = 0.001
+"""Units of ``node_resource`` one worker reserves: a marker for placement, not a capacity limit."""
+
+_BUILTIN_RESOURCES = ("CPU", "GPU", "TPU", "memory", "object_store_memory")
+
+
+def _check_custom_resource(key: str, name: str) -> None:
+    if not name or any(c.isspace() for c in name) or name in _BUILTIN_RESOURCES or ":" in name:
+        _fail(key, f"must name a custom resource declared by a node type (e.g. 'lfr_train'): no spaces, no ':', "
+                   f"not one of {', '.join(_BUILTIN_RESOURCES)}; got {name!r}")
 
 
 @dataclass(frozen=True)
@@ -278,11 +307,18 @@ class RunConfig:
     name: str = "demo"
     """Run name; the run directory is ``<root_dir>/<name>``."""
     root_dir: str = "runs"
-    """Directory holding run directories."""
+    """Local directory holding run directories; on a multi-node cluster a shared filesystem mounted at the
+    same path on every node (the statistics actor and the driver write there)."""
+    storage_path: Optional[str] = None
+    """Where Ray Train writes checkpoints: an absolute path every node sees, or a ``s3://``/``gs://`` URI;
+    they go to ``<storage_path>/<name>/``. Null: ``<run dir>/train``."""
 
     def validate(self, prefix: str = "run") -> None:
         if not self.name or "/" in self.name:
             _fail(f"{prefix}.name", f"must be a non-empty name without '/', got {self.name!r}")
+        if self.storage_path is not None and "://" not in self.storage_path and not Path(self.storage_path).is_absolute():
+            _fail(f"{prefix}.storage_path", f"must be an absolute path or a URI such as s3://bucket/lfr, "
+                                            f"got {self.storage_path!r}")
 
     def run_dir(self) -> Path:
         return Path(self.root_dir).absolute() / self.name

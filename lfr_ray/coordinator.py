@@ -6,7 +6,9 @@ asks it for the phase's block set; at a checkpoint rank 0 takes its ``state_dict
 checkpoint so statistics and model weights always describe the same step.
 
 Writes, under the run directory: ``selections/phase-NN.parquet`` (+ ``.json`` domain mix),
-``stats/phase-NN.npz`` (+ ``.json`` summary) and ``metrics.jsonl``.
+``stats/phase-NN.npz`` (+ ``.json`` summary), ``stats/history-NN.parquet`` (every loss recorded in
+phase NN; the in-memory history is drained there at each phase end, so the actor and its
+checkpoints hold at most one phase of history) and ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,19 @@ import numpy as np
 from lfr_ray.paths import RunPaths, atomic_write_bytes, atomic_write_json
 from lfr_ray.selection import composition, select_hardest
 from lfr_ray.stats import BlockStats
+
+
+def read_history(run_dir: str | Path):
+    """Every loss recorded in a run's finished phases, as one ``pyarrow.Table`` in phase order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted((Path(run_dir) / "stats").glob("history-*.parquet"))
+    if not files:
+        from lfr_ray.stats import HISTORY_SCHEMA
+
+        return HISTORY_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f) for f in files])
 
 
 class Coordinator:
@@ -96,7 +111,17 @@ class Coordinator:
     # -- phases, snapshots and resume ----------------------------------------------------------
 
     def end_phase(self, phase_idx: int, step: int) -> dict[str, Any]:
-        """Snapshot the statistics at the end of a phase (idempotent: a replayed phase overwrites)."""
+        """Spill the phase's history to Parquet and snapshot the statistics at the end of a phase.
+
+        Idempotent: a phase replayed after a resume writes the same files again.
+        """
+        import io
+
+        import pyarrow.parquet as pq
+
+        buf = io.BytesIO()
+        pq.write_table(self.stats.drain_history(), buf)
+        atomic_write_bytes(self.paths.history(phase_idx), buf.getvalue())
         path = self.paths.stats_snapshot(phase_idx)
         self.stats.save(path)
         summary = {"phase_idx": phase_idx, "step": step, **self.stats.summary()}
@@ -124,7 +149,7 @@ class Coordinator:
 
     def sync(self) -> int:
         """Returns once every call sent before it by the same caller has been applied."""
-        return int(self.stats.summary()["total_records"])
+        return self.stats.num_records_total()
 
     def summary(self) -> dict[str, Any]:
         return self.stats.summary()

@@ -6,6 +6,7 @@ A run directory (``<run.root_dir>/<run.name>``) holds::
     metrics.jsonl               one JSON row per log interval (written by the statistics actor)
     selections/phase-NN.parquet the block ids a focus phase trained on (+ .json with its domain mix)
     stats/phase-NN.npz          the per-block statistics at the end of phase NN (+ .json summary)
+    stats/history-NN.parquet    every loss recorded in phase NN: block_id, loss, step, phase_idx, source
     train/checkpoint_*          Ray Train checkpoints (model, optimizer, step, statistics)
     model/                      the final model and tokenizer (``save_pretrained``)
     summary.json                the end-of-run summary
@@ -47,6 +48,9 @@ class RunPaths:
 
     def stats_snapshot(self, phase_idx: int) -> Path:
         return self.stats / f"phase-{phase_idx:02d}.npz"
+
+    def history(self, phase_idx: int) -> Path:
+        return self.stats / f"history-{phase_idx:02d}.parquet"
 
     @property
     def train_storage(self) -> Path:

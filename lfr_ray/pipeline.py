@@ -57,8 +57,13 @@ def check_run_config(paths: RunPaths, cfg: Config) -> None:
         )
 
 
-def run(cfg: Config, *, verbose: bool = True) -> dict[str, Any]:
-    """Run (or resume) the LFR schedule of ``cfg``; return the summary."""
+def run(cfg: Config, *, stop_after_phase: int | None = None, verbose: bool = True) -> dict[str, Any]:
+    """Run (or resume) the LFR schedule of ``cfg``; return the summary.
+
+    With ``stop_after_phase=k`` the run stops once phase k is done and checkpointed (a notebook can
+    then inspect ``phase_frame(run_dir, k)``); calling ``run`` again continues with phase k + 1.
+    The returned summary then covers the phases done so far, and the run is not marked complete.
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -79,16 +84,18 @@ def run(cfg: Config, *, verbose: bool = True) -> dict[str, Any]:
 
     meta = prepare(cfg.data, config_yaml=cfg.to_yaml(), progress=verbose)
     num_blocks = meta["train"]["num_blocks"]
+    if not meta["val"]["num_blocks"]:
+        raise RunError(
+            f"the prepared data at {cfg.data.output_dir} has no validation blocks; raise data.val_frac "
+            "or give data.val_inputs (and prepare again with a new data.output_dir)"
+        )
     plans = plan_phases(cfg.schedule, num_blocks, cfg.train.global_batch_blocks())
     domains = read_blocks(cfg.data.output_dir, "train", columns=["source"])["source"].to_numpy(zero_copy_only=False)
     if verbose:
         print(format_plan(cfg, meta, plans))
 
-    coordinator_actor = (
-        ray.remote(Coordinator)
-        .options(name=stats_actor_name(cfg.run.name), namespace=ACTOR_NAMESPACE, num_cpus=0, max_restarts=0)
-        .remote(str(paths.root), num_blocks, domains, cfg.train.seed)
-    )
+    coordinator_actor = _start_stats_actor(Coordinator, cfg.run.name, str(paths.root), num_blocks, domains,
+                                           cfg.train.seed)
     try:
         trainer = TorchTrainer(
             _train_loop,
@@ -96,15 +103,17 @@ def run(cfg: Config, *, verbose: bool = True) -> dict[str, Any]:
                 "config": cfg.to_dict(),
                 "coordinator_actor": coordinator_actor,
                 "data_dir": str(Path(cfg.data.output_dir).absolute()),
+                "stop_after_phase": stop_after_phase,
             },
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.train.num_workers,
                 use_gpu=cfg.train.use_gpu,
-                resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if cfg.train.use_gpu else {})},
+                resources_per_worker=cfg.train.worker_resources(),
             ),
             run_config=ray.train.RunConfig(
-                name=paths.train_storage.name,
-                storage_path=str(paths.train_storage.parent),
+                # Checkpoints: <run dir>/train, or <run.storage_path>/<run.name> (e.g. on s3://).
+                name=paths.train_storage.name if cfg.run.storage_path is None else cfg.run.name,
+                storage_path=str(paths.train_storage.parent) if cfg.run.storage_path is None else cfg.run.storage_path,
                 failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             ),
@@ -114,13 +123,41 @@ def run(cfg: Config, *, verbose: bool = True) -> dict[str, Any]:
     finally:
         ray.kill(coordinator_actor)
 
-    export_model(result.checkpoint, paths.model, cfg, Path(cfg.data.output_dir) / "tokenizer", meta)
+    finished = stop_after_phase is None or stop_after_phase >= len(plans) - 1
     summary = build_summary(cfg, paths, meta, plans, stats_summary, wall_s=time.time() - t0)
+    if not finished:
+        if verbose:
+            print(f"Stopped after phase {stop_after_phase}; run again to continue with phase {stop_after_phase + 1}.")
+        return summary
+    export_model(result.checkpoint, paths.model, cfg, Path(cfg.data.output_dir) / "tokenizer", meta)
     atomic_write_json(paths.summary, summary)
     atomic_write_text(paths.complete, "")
     if verbose:
         print(format_summary(summary))
     return summary
+
+
+def _start_stats_actor(cls, run_name: str, *args):
+    """Start the run's named statistics actor (0 CPUs: it must never wait for a training slot).
+
+    An actor of the same name left by a driver that was killed is ended first; its state is not
+    needed, since the statistics are restored from the checkpoint the run resumes from.
+    """
+    import ray
+
+    name = stats_actor_name(run_name)
+    for _ in range(100):
+        try:
+            stale = ray.get_actor(name, namespace=ACTOR_NAMESPACE)
+        except ValueError:
+            break
+        ray.kill(stale)
+        time.sleep(0.1)
+    return (
+        ray.remote(cls)
+        .options(name=name, namespace=ACTOR_NAMESPACE, num_cpus=0, max_restarts=0)
+        .remote(*args)
+    )
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
@@ -147,6 +184,31 @@ def export_model(checkpoint, out_dir: Path, cfg: Config, tokenizer_dir: Path, me
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
+
+
+def phase_frame(run_dir: str | Path, phase_idx: int):
+    """Per-block statistics at the end of a phase as a pandas DataFrame (one row per block).
+
+    Columns: block_id, latest_loss, previous_loss, last_step, ..., forgetting state, domain, and
+    ``selected`` (whether the block was in that phase's focus selection; all True otherwise).
+    """
+    import yaml
+
+    from lfr_ray.data import read_blocks
+    from lfr_ray.stats import BlockStats
+
+    paths = RunPaths(Path(run_dir))
+    cfg = config_from_dict(yaml.safe_load(paths.config.read_text()))
+    domains = read_blocks(cfg.data.output_dir, "train", columns=["source"])["source"].to_numpy(zero_copy_only=False)
+    frame = BlockStats.load(paths.stats_snapshot(phase_idx)).to_frame(domains)
+    selection = paths.selection(phase_idx)
+    if selection.exists():
+        import pyarrow.parquet as pq
+
+        frame["selected"] = np.isin(frame["block_id"], pq.read_table(selection, columns=["block_id"])["block_id"].to_numpy())
+    else:
+        frame["selected"] = True
+    return frame
 
 
 def read_metrics(paths: RunPaths) -> list[dict[str, Any]]:
@@ -220,7 +282,7 @@ def format_plan(cfg: Config, meta: dict[str, Any], plans) -> str:
     lines.append(
         f"  total: {total} steps, {total * tokens_per_step:,} tokens "
         f"({total * tokens_per_step / (n * cfg.data.block_len):.2f} epochs of tokens); "
-        f"unigram baseline val loss {meta.get('unigram_loss', float('nan')):.3f}"
+        f"unigram baseline val loss {_fmt(meta.get('unigram_loss'))}"
     )
     return "\n".join(lines)
 
@@ -233,7 +295,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("final_val_loss") is not None:
         lines.append(
             f"  final validation loss {summary['final_val_loss']:.3f} nats/token "
-            f"(perplexity {np.exp(summary['final_val_loss']):.1f}); unigram baseline {summary['unigram_val_loss']:.3f}"
+            f"(perplexity {np.exp(summary['final_val_loss']):.1f}); unigram baseline {_fmt(summary['unigram_val_loss'])}"
         )
         for domain, loss in (summary.get("final_val_loss_by_domain") or {}).items():
             lines.append(f"    {domain:<12} {loss:.3f}")
@@ -251,3 +313,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     lines.append(f"  model: {summary['model_dir']} (AutoModelForCausalLM.from_pretrained)")
     return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

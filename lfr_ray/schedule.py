@@ -6,8 +6,9 @@ a resumed run lands on exactly the batch it would have trained next.
 
 Arithmetic: a global batch is ``num_workers * micro_batch_size * grad_accum_steps`` blocks, i.e.
 that many times ``block_len`` next-token predictions. A pass over a phase's set of S blocks is
-``S // global_batch`` optimizer steps; the remainder (fewer than one global batch, different blocks
-each pass because the order is reshuffled) is not trained in that pass.
+``ceil(S / global_batch)`` optimizer steps: the last global batch is filled up from the start of
+the pass's order, so every block of the set is trained (and its loss recorded) at least once per
+pass and at most ``global_batch - 1`` blocks twice.
 """
 
 from __future__ import annotations
@@ -53,14 +54,14 @@ def plan_phases(schedule: ScheduleConfig, num_blocks: int, global_batch_blocks: 
     plans, start = [], 0
     for i, phase in enumerate(schedule.phases):
         size = num_blocks if phase.kind != "focus" else num_keep(num_blocks, phase.keep_frac)
-        steps_per_pass = size // global_batch_blocks
-        if steps_per_pass == 0:
+        if size < global_batch_blocks:
             raise PlanError(
                 f"schedule.phases.{i} ({phase.kind}, keep_frac={phase.keep_frac}) trains on {size} blocks, "
                 f"fewer than one global batch of {global_batch_blocks} blocks "
                 "(train.num_workers * train.micro_batch_size * train.grad_accum_steps); "
                 "prepare more data or lower the batch size"
             )
+        steps_per_pass = -(-size // global_batch_blocks)
         plans.append(PhasePlan(i, phase.kind, phase.keep_frac, phase.passes, size, steps_per_pass, start))
         start += phase.passes * steps_per_pass
     return plans
@@ -90,13 +91,14 @@ def rank_micro_batches(
 ) -> list[np.ndarray]:
     """Block ids of each micro-batch this rank trains at ``step_in_pass`` of a pass with ``order``.
 
-    The global batch is a contiguous slice of ``order``; rank r takes the r-th equal share of it.
+    The global batch is a contiguous slice of ``order`` (wrapping around at its end, see above);
+    rank r takes the r-th equal share of it.
     """
     per_rank = train.micro_batch_size * train.grad_accum_steps
-    start = step_in_pass * train.global_batch_blocks() + rank * per_rank
-    mine = order[start : start + per_rank]
-    if len(mine) != per_rank:
+    if step_in_pass >= -(-len(order) // train.global_batch_blocks()):
         raise IndexError(f"step {step_in_pass} runs past the end of a pass over {len(order)} blocks")
+    start = step_in_pass * train.global_batch_blocks() + rank * per_rank
+    mine = order[(start + np.arange(per_rank)) % len(order)]
     return np.split(mine, train.grad_accum_steps)
 
 

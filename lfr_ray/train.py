@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -142,7 +144,7 @@ def _restore(worker: _Worker, model, optimizer, coordinator_actor) -> int:
             with np.load(os.path.join(d, "stats.npz")) as z:
                 ray.get(coordinator_actor.load_state_dict.remote({k: z[k] for k in z.files}, step))
     if worker.rank == 0:
-        print(f"[lfr-ray] resumed from checkpoint at step {step}", flush=True)
+        _say(f"[lfr-ray] resumed from checkpoint at step {step}")
     return step
 
 
@@ -150,6 +152,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker: the whole LFR schedule, phase after phase."""
     import ray
 
+    # Ray Train logs two INFO lines per checkpoint; the status line already says what matters.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg: Config = config_from_dict(loop_config["config"])
     coordinator_actor = loop_config["coordinator_actor"]
     data_dir = loop_config["data_dir"]
@@ -161,8 +165,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     meta = load_metadata(data_dir)
     tokens, _ = load_block_arrays(data_dir, "train")
     val_tokens, val_sources = load_block_arrays(data_dir, "val")
-    if tc.eval_max_blocks:
-        val_tokens, val_sources = val_tokens[: tc.eval_max_blocks], val_sources[: tc.eval_max_blocks]
+    if tc.eval_max_blocks and tc.eval_max_blocks < len(val_tokens):
+        # Evenly spaced over block ids, so every domain of the validation split is represented.
+        keep = np.unique(np.linspace(0, len(val_tokens) - 1, tc.eval_max_blocks).round().astype(np.int64))
+        val_tokens, val_sources = val_tokens[keep], val_sources[keep]
     domains = sorted(set(val_sources.tolist()))
     val_domain_idx = np.searchsorted(domains, val_sources).astype(np.int64)
     block_len = tokens.shape[1] - 1
@@ -185,7 +191,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     t_interval = time.perf_counter()
     steps_in_interval = 0
 
+    last_phase = loop_config.get("stop_after_phase")
     for plan in plans:
+        if last_phase is not None and plan.phase_idx > last_phase:
+            break
         if step >= plan.end_step:
             continue
         if plan.kind == "focus":
@@ -239,7 +248,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     row["val_loss_by_domain"] = {d: float(v) for d, v in zip(domains, per_domain)}
                 if row and worker.rank == 0:
                     coordinator_actor.log_metrics.remote(row)
-                    print(_status_line(row), flush=True)
+                    _say(_status_line(row))
                 if phase_end:
                     sender.flush(wait=True)
                     worker.barrier()
@@ -249,6 +258,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     state = {"step": step, "phase_idx": plan.phase_idx, "tokens_seen": step * tokens_per_step}
                     _save_checkpoint(worker, model, optimizer, coordinator_actor, sender, state, row or state)
     sender.flush(wait=True)
+
+
+def _say(line: str) -> None:
+    # Written to stdout directly: Ray Train patches ``print`` in workers into its logger, which
+    # shows each line twice on the driver.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _status_line(row: dict[str, Any]) -> str:

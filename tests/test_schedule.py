@@ -17,6 +17,11 @@ def test_paper_plan_step_counts():
     assert total_steps(plans) == 310  # 3.1 epochs of tokens, as in the paper
 
 
+def test_partial_last_batch_rounds_steps_up():
+    plans = plan_phases(ScheduleConfig(), num_blocks=1005, global_batch_blocks=10)
+    assert [p.steps_per_pass for p in plans] == [101, 51, 101, 31]
+
+
 def test_plan_rejects_a_phase_smaller_than_a_batch():
     with pytest.raises(PlanError, match="schedule.phases.1 .*fewer than one global batch of 64"):
         plan_phases(ScheduleConfig((PhaseConfig("learn"), PhaseConfig("focus", 1, 0.01))), 1000, 64)
@@ -44,13 +49,16 @@ def test_pass_order_is_seeded_and_changes_per_pass():
 def test_ranks_partition_each_global_batch():
     train = TrainConfig(num_workers=3, micro_batch_size=4, grad_accum_steps=2)
     order = pass_order(np.arange(100), seed=0, phase_idx=0, pass_idx=0)
-    steps = 100 // train.global_batch_blocks()
+    steps = 5  # ceil(100 / 24): the last global batch wraps around to the start of the order
     seen = []
     for step in range(steps):
         per_rank = [np.concatenate(rank_micro_batches(order, step, rank=r, train=train)) for r in range(3)]
         assert all(len(x) == 8 for x in per_rank)
+        assert len(set(np.concatenate(per_rank).tolist())) == 24  # no block twice in one global batch
         seen.extend(np.concatenate(per_rank).tolist())
-    assert len(seen) == len(set(seen)) == steps * 24
+    assert len(seen) == steps * 24
+    assert set(seen) == set(range(100))  # every block trained in the pass
+    assert seen[100:] == order[:20].tolist()  # the 20 extra slots are the first blocks of the order
     with pytest.raises(IndexError):
         rank_micro_batches(order, steps, rank=0, train=train)
 
