@@ -3,6 +3,9 @@
     lfr-ray prepare [--config FILE] [key.sub=value ...]   raw text -> tokenized blocks
     lfr-ray run     [--config FILE] [key.sub=value ...]   prepare if needed, then the LFR schedule
     lfr-ray config  [--config FILE] [key.sub=value ...]   print the resolved config
+    lfr-ray score   [--config FILE] [key.sub=value ...]   score every block with a run's checkpoint (Ray Data)
+    lfr-ray compare [--config FILE] [key.sub=value ...]   LFR against baselines over seeds, then a report
+    lfr-ray eval    --model DIR --text FILE [--lm-eval-tasks T,...]   perplexity of an exported model
 
 ``--config`` takes a YAML path or the name of a shipped config (``demo``, ``debug``).
 """
@@ -23,9 +26,12 @@ def _parser() -> argparse.ArgumentParser:
         ("prepare", "tokenize raw text into fixed-length blocks (Ray Data)"),
         ("run", "run (or resume) the LFR schedule on Ray Train; prepares the data first if needed"),
         ("config", "print the resolved config and exit"),
+        ("score", "score every training block with a run's latest checkpoint (or scoring.checkpoint) on Ray Data"),
+        ("compare", "run the methods in compare.methods over compare.seeds (reusing finished runs) and report"),
     ]:
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--config", "-c", default=None, help="YAML file or shipped config name (demo, debug)")
+        p.add_argument("--config", "-c", default="demo",
+                       help="YAML file or shipped config name: demo (the default), debug")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. train.num_workers=2")
         if name != "config":
             p.add_argument("--address", default=None,
@@ -33,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--num-cpus", type=int, default=None, help="CPUs of a local Ray instance")
         if name == "prepare":
             p.add_argument("--force", action="store_true", help="redo a complete output")
+    p = sub.add_parser("eval", help="perplexity of an exported model on a text file (plain transformers)")
+    p.add_argument("--model", required=True, help="a model directory written by a run (<run dir>/model)")
+    p.add_argument("--text", default=None, help="a UTF-8 text file to compute the perplexity on")
+    p.add_argument("--lm-eval-tasks", default=None,
+                   help="comma-separated lm-eval (EleutherAI harness) tasks; needs `pip install lm-eval`")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--stride", type=int, default=None, help="sliding-window stride in tokens (default: context length)")
     return parser
 
 
@@ -55,6 +68,10 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "eval":
+        from lfr_ray.evaluate import main_eval
+
+        return main_eval(args.model, args.text, args.lm_eval_tasks, batch_size=args.batch_size, stride=args.stride)
     try:
         cfg = load_config(_resolve_config_path(args.config), args.overrides)
     except ConfigError as e:
@@ -66,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lfr_ray.data import PrepareError, format_summary, prepare
     from lfr_ray.pipeline import RunError, run
+    from lfr_ray.baselines import BaselineError
     from lfr_ray.schedule import PlanError
 
     _init_ray(args.address, args.num_cpus)
@@ -73,9 +91,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare":
             meta = prepare(cfg.data, config_yaml=cfg.to_yaml(), force=args.force)
             print(format_summary(meta))
+        elif args.command == "score":
+            from lfr_ray.scoring import ScoringError, score_checkpoint
+
+            try:
+                score_checkpoint(cfg)
+            except ScoringError as e:
+                raise RunError(str(e)) from e
+        elif args.command == "compare":
+            from lfr_ray.compare import compare
+
+            compare(cfg)
         else:
             run(cfg)
-    except (PrepareError, RunError, PlanError, ConfigError) as e:
+    except (PrepareError, RunError, PlanError, ConfigError, BaselineError) as e:
         print(f"lfr-ray: error: {e}", file=sys.stderr)
         return 1
     return 0

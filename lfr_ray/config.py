@@ -175,16 +175,40 @@ class PhaseConfig:
 
     kind: Literal["learn", "focus", "review"] = "learn"
     """``learn``: all blocks, random order; ``focus``: the hardest ``keep_frac``; ``review``: all blocks again."""
-    passes: int = 1
-    """Passes over this phase's own block set."""
+    passes: float = 1.0
+    """Passes over this phase's own block set (> 0); a fraction trains the first steps of the last pass's order,
+    ``round(passes * steps_per_pass)`` steps in all (token budgets of baselines are matched this way)."""
     keep_frac: float = 1.0
     """Fraction of blocks a focus phase keeps (by highest latest recorded loss); must be 1 for learn/review."""
+    strategy: Literal["hardest", "sample", "diverse", "forgotten-first"] = "hardest"
+    """How a focus phase picks its blocks from the latest losses (``selection.py``): ``hardest`` (the paper's top-k),
+    ``sample`` (k without replacement, P rising with loss, see ``temperature``), ``diverse`` (the hardest within each
+    group, quotas proportional to group size, see ``group_by``), ``forgotten-first`` (blocks whose loss rose since
+    their previous record first, then by loss). Focus phases only."""
+    temperature: float = 1.0
+    """``sample`` only: P(block) ~ exp(z / temperature), z the standardized loss; 0 = hardest, ``.inf`` = uniform."""
+    group_by: Literal["domain", "cluster"] = "domain"
+    """``diverse`` only: the groups are the blocks' domains, or k-means clusters of a per-block feature emitted by
+    this phase's scoring pass (needs ``stats_source`` score or both; ``scoring.num_clusters`` clusters)."""
+    stats_source: Literal["record", "score", "both"] = "record"
+    """Where this phase's per-block losses come from: ``record`` (the training forward pass), ``score`` (a scoring
+    pass over all blocks with the weights at the phase's start, before its selection; the training pass then
+    records nothing) or ``both``. Not on the first phase (its start is the untrained model)."""
 
     def validate(self, prefix: str) -> None:
         _check_positive(self, prefix, "passes")
         _check_fraction(f"{prefix}.keep_frac", self.keep_frac)
         if self.kind != "focus" and self.keep_frac != 1.0:
             _fail(f"{prefix}.keep_frac", f"only a focus phase drops blocks; a {self.kind} phase needs 1.0")
+        if self.kind != "focus" and self.strategy != "hardest":
+            _fail(f"{prefix}.strategy", f"only a focus phase selects blocks; a {self.kind} phase needs 'hardest'")
+        if not self.temperature >= 0:  # also rejects NaN
+            _fail(f"{prefix}.temperature", f"must be >= 0 (0 = hardest, .inf = uniform), got {self.temperature!r}")
+        if self.group_by == "cluster" and self.strategy != "diverse":
+            _fail(f"{prefix}.group_by", "'cluster' only applies to strategy 'diverse'")
+        if self.group_by == "cluster" and self.stats_source == "record":
+            _fail(f"{prefix}.group_by", "clusters come from this phase's scoring pass: set stats_source to "
+                                        "'score' or 'both', or group_by to 'domain'")
 
 
 def paper_schedule() -> tuple[PhaseConfig, ...]:
@@ -209,8 +233,15 @@ class ScheduleConfig:
             _fail(f"{prefix}.phases", "must hold at least one phase")
         if self.phases[0].kind != "learn":
             _fail(f"{prefix}.phases.0.kind", "the first phase must be 'learn' (focus needs recorded losses)")
+        if self.phases[0].stats_source != "record":
+            _fail(f"{prefix}.phases.0.stats_source", "must be 'record': a scoring pass at step 0 would score the "
+                                                     "untrained model")
         for i, phase in enumerate(self.phases):
             phase.validate(f"{prefix}.phases.{i}")
+
+    def needs_scoring(self) -> bool:
+        """Whether any phase runs a scoring pass (and so needs the scoring pool's resources)."""
+        return any(p.stats_source != "record" for p in self.phases)
 
 
 @dataclass(frozen=True)
@@ -301,6 +332,67 @@ def _check_custom_resource(key: str, name: str) -> None:
 
 
 @dataclass(frozen=True)
+class ScoringConfig:
+    """The scoring pass (``scoring.py``): every training block's loss under fixed weights, on a Ray Data actor pool.
+
+    Used by ``lfr-ray score`` and by phases with ``stats_source`` score or both. Inside a run the pool needs
+    resources beyond the training workers': ``min_actors`` actors plus Ray Data's read tasks must fit beside them
+    (an autoscaling cluster adds nodes for the pool; a fixed one must have them free)."""
+
+    checkpoint: Optional[str] = None
+    """``lfr-ray score`` only: a Ray Train checkpoint directory (``model.pt``) or an exported model directory
+    (``save_pretrained``); null scores the run's ``model/`` if the run is complete, else its latest checkpoint."""
+    batch_size: int = 64
+    """Blocks per forward pass in each scoring actor."""
+    min_actors: int = 1
+    """Actors the pool starts with and keeps; the pass waits until this many fit on the cluster."""
+    max_actors: int = 1
+    """Actors the pool may grow to while input is queued (an autoscaling cluster adds nodes for them)."""
+    num_cpus_per_actor: float = 0.5
+    """CPUs each actor reserves (fractions allowed); torch uses ``max(1, round(num_cpus_per_actor))`` threads.
+    Leave headroom: a pool that takes every CPU starves Ray Data's read tasks and the pass hangs."""
+    num_gpus_per_actor: float = 0.0
+    """GPUs each actor reserves, at most 1; > 0 scores on CUDA with bf16 autocast, 0 on CPU in float32."""
+    num_cpus_per_read_task: float = 0.25
+    """CPUs each Ray Data Parquet read task reserves; small, so reads run beside a busy actor pool."""
+    part_blocks: int = 65_536
+    """Blocks per output part (``part-NNNNN.parquet``, block ids ``[i * part_blocks, (i + 1) * part_blocks)``):
+    the unit of resume; a crashed pass redoes at most the parts it had not finished."""
+    emit_features: bool = False
+    """``lfr-ray score``: also write each block's feature (see ``feature_dim``). In a run, a phase with
+    ``group_by: cluster`` emits them whatever this says."""
+    feature_dim: int = 16
+    """Width of the per-block feature: the mean final hidden state over the block's tokens times a fixed seeded
+    Gaussian projection to this many dims (keeps 4 * feature_dim bytes per block on disk and on the driver)."""
+    num_clusters: int = 8
+    """k-means clusters of the features for ``diverse`` with ``group_by: cluster``."""
+    kmeans_sample_blocks: int = 100_000
+    """k-means is fitted on a seeded sample of this many blocks, then every block gets its nearest centroid."""
+    kmeans_iters: int = 25
+    """Lloyd iterations of k-means (after k-means++ seeding)."""
+
+    def validate(self, prefix: str = "scoring") -> None:
+        _check_positive(self, prefix, "batch_size", "min_actors", "max_actors", "num_cpus_per_actor",
+                        "num_cpus_per_read_task", "part_blocks", "feature_dim", "kmeans_iters")
+        if self.max_actors < self.min_actors:
+            _fail(f"{prefix}.max_actors", f"must be >= min_actors={self.min_actors}, got {self.max_actors}")
+        if not 0 <= self.num_gpus_per_actor <= 1:
+            _fail(f"{prefix}.num_gpus_per_actor", f"must be in [0, 1] (0 = CPU), got {self.num_gpus_per_actor!r}")
+        if self.num_clusters < 2:
+            _fail(f"{prefix}.num_clusters", f"must be >= 2, got {self.num_clusters}")
+        if self.kmeans_sample_blocks < self.num_clusters:
+            _fail(f"{prefix}.kmeans_sample_blocks", f"must be >= num_clusters={self.num_clusters}, "
+                                                    f"got {self.kmeans_sample_blocks}")
+
+    def actor_resources(self) -> dict[str, float]:
+        """What one scoring actor reserves."""
+        resources = {"CPU": self.num_cpus_per_actor}
+        if self.num_gpus_per_actor:
+            resources["GPU"] = self.num_gpus_per_actor
+        return resources
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Where a run lives; re-running with the same name resumes it."""
 
@@ -324,6 +416,47 @@ class RunConfig:
         return Path(self.root_dir).absolute() / self.name
 
 
+COMPARE_METHODS = ("lfr", "random", "static-prune")
+"""Methods ``lfr-ray compare`` knows; see ``lfr_ray/baselines.py`` for how each schedule is derived."""
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """``lfr-ray compare``: several methods and seeds on the same prepared data, then one report.
+
+    Every run shares the model, data, learning-rate schedule shape and token budget of the LFR schedule
+    in ``schedule``; only the phase list differs (``lfr_ray/baselines.py``). Ignored by ``lfr-ray run``."""
+
+    name: str = "compare"
+    """Comparison name; its runs and report live in ``<root_dir>/<name>/`` (runs as ``<method>-s<seed>``)."""
+    root_dir: str = "runs"
+    """Directory holding comparison directories."""
+    methods: tuple[Literal["lfr", "random", "static-prune"], ...] = COMPARE_METHODS
+    """``lfr``: the schedule in ``schedule``; ``random``: one learn phase of the same token budget (ordinary
+    random-order multi-epoch training); ``static-prune``: a short learn phase, then the hardest
+    ``static_prune_keep_frac`` of the blocks for the rest of the budget. ``random`` is the report's reference."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """``train.seed`` of each run (weights, data order); every method runs once per seed."""
+    static_prune_learn_passes: float = 0.25
+    """Passes (a fraction of an epoch) of the learn phase whose model scores the blocks for static-prune."""
+    static_prune_keep_frac: float = 0.5
+    """Fraction of blocks static-prune keeps (the hardest by the loss after its learn phase)."""
+    scoring_cost_frac: float = 1 / 3
+    """Compute of a scoring forward pass per token, as a fraction of a training step's (forward + backward)."""
+
+    def validate(self, prefix: str = "compare") -> None:
+        if not self.name or "/" in self.name:
+            _fail(f"{prefix}.name", f"must be a non-empty name without '/', got {self.name!r}")
+        if not self.methods or len(set(self.methods)) != len(self.methods):
+            _fail(f"{prefix}.methods", f"must list distinct methods out of {', '.join(COMPARE_METHODS)}, "
+                                       f"got {list(self.methods)!r}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            _fail(f"{prefix}.seeds", f"must list at least one seed, without repeats, got {list(self.seeds)!r}")
+        _check_positive(self, prefix, "static_prune_learn_passes")
+        _check_fraction(f"{prefix}.static_prune_keep_frac", self.static_prune_keep_frac)
+        _check_non_negative(self, prefix, "scoring_cost_frac")
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration of an lfr-ray run."""
@@ -332,7 +465,9 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
     def validate(self) -> "Config":
         for f in dataclasses.fields(self):

@@ -5,7 +5,7 @@ Training workers send it per-block losses in batches without waiting; at a phase
 asks it for the phase's block set; at a checkpoint rank 0 takes its ``state_dict`` into the
 checkpoint so statistics and model weights always describe the same step.
 
-Writes, under the run directory: ``selections/phase-NN.parquet`` (+ ``.json`` domain mix),
+Writes, under the run directory: ``selections/phase-NN.parquet`` (+ ``.json``: strategy, quotas, domain mix),
 ``stats/phase-NN.npz`` (+ ``.json`` summary), ``stats/history-NN.parquet`` (every loss recorded in
 phase NN; the in-memory history is drained there at each phase end, so the actor and its
 checkpoints hold at most one phase of history) and ``metrics.jsonl``.
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from lfr_ray.paths import RunPaths, atomic_write_bytes, atomic_write_json
-from lfr_ray.selection import composition, select_hardest
-from lfr_ray.stats import BlockStats
+from lfr_ray.selection import select_diverse, select_forgotten_first, select_hardest, select_sample
+from lfr_ray.stats import SOURCE_NAMES, BlockStats
 
 
 def read_history(run_dir: str | Path):
@@ -38,14 +38,31 @@ def read_history(run_dir: str | Path):
 
 
 class Coordinator:
-    """Holds ``BlockStats`` for every training block of one run."""
+    """Holds ``BlockStats`` for every training block of one run.
+
+    Domains are kept as codes into their sorted names (1 byte per block for up to 256 domains, instead of a
+    Python string per block): with the 23-byte statistics, 24 bytes per block plus the history.
+    """
 
     def __init__(self, run_dir: str, num_blocks: int, domains: np.ndarray, seed: int = 0):
         self.paths = RunPaths(Path(run_dir))
-        self.domains = np.asarray(domains)
+        names, codes = np.unique(np.asarray(domains), return_inverse=True)
+        self.domain_names = names.astype(str)
+        self.domain_codes = codes.astype(np.uint8 if len(names) <= 256 else np.int32)
         self.seed = seed
         self.stats = BlockStats(num_blocks)
         self.selected_phases: set[int] = set()
+
+    @property
+    def domains(self) -> np.ndarray:
+        """Each block's domain name (built on demand)."""
+        return self.domain_names[self.domain_codes]
+
+    def _composition(self, ids: np.ndarray | None) -> dict[str, int]:
+        """Blocks per domain among ``ids`` (None: all blocks), for the domains present, sorted by domain."""
+        codes = self.domain_codes if ids is None else self.domain_codes[ids]
+        counts = np.bincount(codes, minlength=len(self.domain_names))
+        return {str(d): int(c) for d, c in zip(self.domain_names, counts) if c}
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -63,12 +80,15 @@ class Coordinator:
 
     # -- selection ---------------------------------------------------------------------------
 
-    def phase_blocks(self, phase_idx: int, kind: str, keep_frac: float) -> np.ndarray:
-        """Block ids of a phase's set: all blocks, or a focus phase's selection.
+    def phase_blocks(self, phase_idx: int, kind: str, keep_frac: float, *, strategy: str = "hardest",
+                     temperature: float = 1.0, group_by: str = "domain",
+                     groups: np.ndarray | None = None) -> np.ndarray:
+        """Block ids of a phase's set: all blocks, or a focus phase's selection by ``strategy``.
 
         A focus selection is computed once, from the statistics at the phase's start, and written
         atomically; asked again (a resumed run) it is read back, never recomputed from statistics
-        that already hold losses recorded inside the phase.
+        that already hold losses recorded inside the phase. ``groups`` (one int label per block) are
+        the clusters for ``diverse`` with ``group_by="cluster"``; only needed the first time.
         """
         if kind != "focus":
             return np.arange(self.stats.num_blocks, dtype=np.int64)
@@ -78,32 +98,70 @@ class Coordinator:
 
             ids = pq.read_table(path, columns=["block_id"])["block_id"].to_numpy()
         else:
-            ids = select_hardest(self.stats.latest_loss(), keep_frac, seed=self.seed)
-            self._write_selection(phase_idx, ids, keep_frac)
+            ids, info = self._select(phase_idx, keep_frac, strategy, temperature, group_by, groups)
+            self._write_selection(phase_idx, ids, keep_frac, info, groups if group_by == "cluster" else None)
         if phase_idx not in self.selected_phases:
             self.stats.mark_selected(ids)
             self.selected_phases.add(phase_idx)
         return ids
 
-    def _write_selection(self, phase_idx: int, ids: np.ndarray, keep_frac: float) -> None:
+    def _select(self, phase_idx: int, keep_frac: float, strategy: str, temperature: float, group_by: str,
+                groups: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Dispatch to the pure strategy (``selection.py``); returns the ids and what the json records about it."""
+        latest = self.stats.latest_loss()
+        # One seed per phase, so two sampled phases of a run draw differently.
+        seed = int(np.random.SeedSequence([self.seed, phase_idx]).generate_state(1)[0])
+        info: dict[str, Any] = {"strategy": strategy}
+        if strategy == "hardest":
+            ids = select_hardest(latest, keep_frac, seed=seed)
+        elif strategy == "sample":
+            ids = select_sample(latest, keep_frac, temperature=temperature, seed=seed)
+            info.update(temperature=temperature, seed=seed)
+        elif strategy == "forgotten-first":
+            ids = select_forgotten_first(latest, self.stats.previous_loss(), keep_frac, seed=seed)
+            forgotten = latest > self.stats.previous_loss()
+            info.update(forgotten_available=int(forgotten.sum()), forgotten_selected=int(forgotten[ids].sum()))
+        elif strategy == "diverse":
+            if group_by == "cluster":
+                if groups is None or len(groups) != self.stats.num_blocks:
+                    raise ValueError(f"phase {phase_idx}: diverse by cluster needs one cluster label per block")
+                ids, quotas = select_diverse(latest, keep_frac, np.asarray(groups), seed=seed)
+                quotas = {str(g): q for g, q in quotas.items()}
+                info["cluster_sizes"] = {str(g): int(c) for g, c in enumerate(np.bincount(groups)) if c}
+            else:
+                ids, quotas = select_diverse(latest, keep_frac, self.domain_codes, seed=seed)
+                quotas = {str(self.domain_names[g]): q for g, q in quotas.items()}
+            info.update(group_by=group_by, quotas=quotas)
+        else:
+            raise ValueError(f"unknown selection strategy {strategy!r}")
+        return ids, info
+
+    def _write_selection(self, phase_idx: int, ids: np.ndarray, keep_frac: float, info: dict[str, Any],
+                         clusters: np.ndarray | None) -> None:
         import io
 
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         loss = self.stats.latest_loss()[ids]
-        table = pa.table({"block_id": ids, "source": self.domains[ids].astype(str), "latest_loss": loss})
+        columns = {"block_id": ids, "source": self.domain_names[self.domain_codes[ids]], "latest_loss": loss}
+        if clusters is not None:
+            columns["cluster"] = np.asarray(clusters)[ids]
         buf = io.BytesIO()
-        pq.write_table(table, buf)
+        pq.write_table(pa.table(columns), buf)
+        sources = self.stats.last_source()[ids]
         atomic_write_json(
             self.paths.selection(phase_idx).with_suffix(".json"),
             {
                 "phase_idx": phase_idx,
-                "strategy": "hardest",
+                **info,
                 "keep_frac": keep_frac,
                 "num_blocks": len(ids),
-                "composition": composition(ids, self.domains),
-                "composition_all": composition(np.arange(len(self.domains)), self.domains),
+                "composition": self._composition(ids),
+                "composition_all": self._composition(None),
+                # which kind of loss the selection was made from, and how old (steps) the losses were
+                "latest_loss_source": {name: int((sources == code).sum()) for code, name in enumerate(SOURCE_NAMES)},
+                "latest_loss_step_range": [int(self.stats.last_step()[ids].min()), int(self.stats.last_step()[ids].max())],
             },
         )
         atomic_write_bytes(self.paths.selection(phase_idx), buf.getvalue())

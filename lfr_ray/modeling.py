@@ -68,6 +68,16 @@ def block_forward(model: torch.nn.Module, blocks: torch.Tensor) -> torch.Tensor:
     return per_block_loss(logits, blocks[:, 1:])
 
 
+def block_forward_hidden(model: torch.nn.Module, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``block_forward`` plus each block's final hidden state averaged over its positions: ``([B], [B, hidden])``.
+
+    The same forward pass and the same loss; the hidden state (after the final norm) is a cheap per-block
+    feature for clustering blocks by content (``scoring.py``).
+    """
+    out = model(input_ids=blocks[:, :-1], output_hidden_states=True)
+    return per_block_loss(out.logits, blocks[:, 1:]), out.hidden_states[-1].float().mean(dim=1)
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: decay matrices of linear layers; not biases, norms or embeddings."""
     decay, no_decay = [], []

@@ -8,6 +8,8 @@ A run directory (``<run.root_dir>/<run.name>``) holds::
     stats/phase-NN.npz          the per-block statistics at the end of phase NN (+ .json summary)
     stats/history-NN.parquet    every loss recorded in phase NN: block_id, loss, step, phase_idx, source
     train/checkpoint_*          Ray Train checkpoints (model, optimizer, step, statistics)
+    scores/<name>/              a scoring pass (part-NNNNN.parquet, _COMPLETE): phase-NN for a phase's
+                                pass, the checkpoint's name for ``lfr-ray score``
     model/                      the final model and tokenizer (``save_pretrained``)
     summary.json                the end-of-run summary
     _COMPLETE                   written last, when the whole schedule has run
@@ -51,6 +53,14 @@ class RunPaths:
 
     def history(self, phase_idx: int) -> Path:
         return self.stats / f"history-{phase_idx:02d}.parquet"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores"
+
+    def phase_scores(self, phase_idx: int) -> Path:
+        """The scoring pass at the start of phase ``phase_idx`` (``stats_source`` score or both)."""
+        return self.scores / f"phase-{phase_idx:02d}"
 
     @property
     def train_storage(self) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,11 @@ def stats_actor_name(run_name: str) -> str:
     return f"lfr-stats-{run_name}"
 
 
+SCORING_PLACEMENT_KEYS = {"checkpoint", "batch_size", "min_actors", "max_actors", "num_cpus_per_actor",
+                          "num_gpus_per_actor", "num_cpus_per_read_task"}
+"""``scoring`` keys that change where and how fast a scoring pass runs, not what it computes: a resumed run may change them."""
+
+
 def check_run_config(paths: RunPaths, cfg: Config) -> None:
     """Write the resolved config into a new run directory, or check an existing run matches it.
 
@@ -49,6 +55,7 @@ def check_run_config(paths: RunPaths, cfg: Config) -> None:
         for section in new
         for key in new[section]
         if old[section][key] != new[section][key] and not (section == "train" and key in mutable)
+        and not (section == "scoring" and key in SCORING_PLACEMENT_KEYS)
     ]
     if diffs:
         raise RunError(
@@ -69,6 +76,7 @@ def run(cfg: Config, *, stop_after_phase: int | None = None, verbose: bool = Tru
     from ray.train.torch import TorchTrainer
 
     from lfr_ray.coordinator import Coordinator
+    from lfr_ray.data import format_summary as format_data_summary
     from lfr_ray.data import prepare, read_blocks
 
     paths = RunPaths(cfg.run.run_dir())
@@ -83,6 +91,8 @@ def run(cfg: Config, *, stop_after_phase: int | None = None, verbose: bool = Tru
     t0 = time.time()
 
     meta = prepare(cfg.data, config_yaml=cfg.to_yaml(), progress=verbose)
+    if verbose:
+        print(format_data_summary(meta))
     num_blocks = meta["train"]["num_blocks"]
     if not meta["val"]["num_blocks"]:
         raise RunError(
@@ -93,6 +103,12 @@ def run(cfg: Config, *, stop_after_phase: int | None = None, verbose: bool = Tru
     domains = read_blocks(cfg.data.output_dir, "train", columns=["source"])["source"].to_numpy(zero_copy_only=False)
     if verbose:
         print(format_plan(cfg, meta, plans))
+    if cfg.schedule.needs_scoring():
+        from lfr_ray.scoring import resource_shortfall
+
+        shortfall = resource_shortfall(cfg, ray.cluster_resources(), beside_training=True)
+        if shortfall:
+            print(f"[lfr-ray] warning: {shortfall}", file=sys.stderr)
 
     coordinator_actor = _start_stats_actor(Coordinator, cfg.run.name, str(paths.root), num_blocks, domains,
                                            cfg.train.seed)
@@ -103,6 +119,7 @@ def run(cfg: Config, *, stop_after_phase: int | None = None, verbose: bool = Tru
                 "config": cfg.to_dict(),
                 "coordinator_actor": coordinator_actor,
                 "data_dir": str(Path(cfg.data.output_dir).absolute()),
+                "run_dir": str(paths.root),
                 "stop_after_phase": stop_after_phase,
             },
             scaling_config=ray.train.ScalingConfig(
@@ -276,8 +293,9 @@ def format_plan(cfg: Config, meta: dict[str, Any], plans) -> str:
     ]
     for p in plans:
         lines.append(
-            f"    phase {p.phase_idx}: {p.kind:<6} keep {p.keep_frac:>4.0%} x{p.passes} pass(es): "
+            f"    phase {p.phase_idx}: {p.kind:<6} keep {p.keep_frac:>4.0%} x{p.passes:.4g} pass(es): "
             f"{p.num_blocks:,} blocks, steps {p.start_step}..{p.end_step - 1} ({p.num_steps} steps)"
+            + _phase_options(cfg.schedule.phases[p.phase_idx])
         )
     lines.append(
         f"  total: {total} steps, {total * tokens_per_step:,} tokens "
@@ -313,6 +331,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     lines.append(f"  model: {summary['model_dir']} (AutoModelForCausalLM.from_pretrained)")
     return "\n".join(lines)
+
+
+def _phase_options(phase) -> str:
+    """A phase's non-default selection and statistics options, for the plan printout."""
+    opts = []
+    if phase.strategy != "hardest":
+        opts.append(phase.strategy + {"sample": f" T={phase.temperature:g}", "diverse": f" by {phase.group_by}"}
+                    .get(phase.strategy, ""))
+    if phase.stats_source != "record":
+        opts.append(f"stats: {phase.stats_source}")
+    return f" [{', '.join(opts)}]" if opts else ""
 
 
 def _fmt(value: float | None) -> str:

@@ -8,7 +8,9 @@ Arithmetic: a global batch is ``num_workers * micro_batch_size * grad_accum_step
 that many times ``block_len`` next-token predictions. A pass over a phase's set of S blocks is
 ``ceil(S / global_batch)`` optimizer steps: the last global batch is filled up from the start of
 the pass's order, so every block of the set is trained (and its loss recorded) at least once per
-pass and at most ``global_batch - 1`` blocks twice.
+pass and at most ``global_batch - 1`` blocks twice. A fractional ``passes`` (a baseline matched to
+another schedule's token budget) trains ``round(passes * steps_per_pass)`` steps: the last, partial
+pass trains the first steps of its own seeded order.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class PhasePlan:
     phase_idx: int
     kind: str
     keep_frac: float
-    passes: int
+    passes: float
     num_blocks: int
     """Blocks in this phase's set (all blocks for learn/review, the kept ones for focus)."""
     steps_per_pass: int
@@ -38,11 +40,20 @@ class PhasePlan:
 
     @property
     def num_steps(self) -> int:
-        return self.passes * self.steps_per_pass
+        return phase_steps(self.passes, self.steps_per_pass)
+
+    def pass_steps(self, pass_idx: int) -> int:
+        """Steps trained in pass ``pass_idx`` (``steps_per_pass``, fewer in a partial last pass)."""
+        return min(self.steps_per_pass, self.num_steps - pass_idx * self.steps_per_pass)
 
     @property
     def end_step(self) -> int:
         return self.start_step + self.num_steps
+
+
+def phase_steps(passes: float, steps_per_pass: int) -> int:
+    """Optimizer steps of ``passes`` passes of ``steps_per_pass`` steps (at least one step)."""
+    return max(1, round(passes * steps_per_pass))
 
 
 class PlanError(ValueError):
@@ -63,7 +74,7 @@ def plan_phases(schedule: ScheduleConfig, num_blocks: int, global_batch_blocks: 
             )
         steps_per_pass = -(-size // global_batch_blocks)
         plans.append(PhasePlan(i, phase.kind, phase.keep_frac, phase.passes, size, steps_per_pass, start))
-        start += phase.passes * steps_per_pass
+        start += phase_steps(phase.passes, steps_per_pass)
     return plans
 
 

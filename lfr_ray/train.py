@@ -8,7 +8,9 @@ training blocks in memory (``[num_blocks, block_len + 1]`` int32; 1.5 M blocks o
 exactly the batch it would have trained next.
 
 Per-block losses come from the training forward pass itself (``modeling.per_block_loss`` on the
-same logits, detached) and go to the statistics actor in batches, without waiting.
+same logits, detached) and go to the statistics actor in batches, without waiting. A phase with
+``stats_source`` score or both first scores every block with the phase's starting weights on a Ray
+Data actor pool (``scoring.py``, launched by rank 0) and records those losses before its selection.
 """
 
 from __future__ import annotations
@@ -197,14 +199,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             break
         if step >= plan.end_step:
             continue
+        phase = cfg.schedule.phases[plan.phase_idx]
+        if phase.stats_source != "record" and step == plan.start_step:
+            # Only at the phase's first step: a run resumed from a checkpoint inside the phase has these
+            # records in its restored statistics already; one resumed from the phase-end checkpoint before
+            # it has not, and records them again (from the finished parts: nothing is scored twice).
+            _score_phase_start(worker, model, coordinator_actor, cfg, plan, data_dir, loop_config["run_dir"])
         if plan.kind == "focus":
-            phase_ids = ray.get(coordinator_actor.phase_blocks.remote(plan.phase_idx, plan.kind, plan.keep_frac))
+            phase_ids = ray.get(coordinator_actor.phase_blocks.remote(
+                plan.phase_idx, plan.kind, plan.keep_frac, strategy=phase.strategy, temperature=phase.temperature,
+                group_by=phase.group_by))
         else:
             phase_ids = np.arange(len(tokens), dtype=np.int64)
         while step < plan.end_step:
             pass_idx, step_in_pass = divmod(step - plan.start_step, plan.steps_per_pass)
             order = pass_order(phase_ids, seed=tc.seed, phase_idx=plan.phase_idx, pass_idx=pass_idx)
-            for step_in_pass in range(step_in_pass, plan.steps_per_pass):
+            for step_in_pass in range(step_in_pass, plan.pass_steps(pass_idx)):  # a last pass may be partial
                 lr = lr_at(step, total=total, train=tc)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -217,7 +227,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                         block_losses = block_forward(model, blocks)
                         (block_losses.mean() / tc.grad_accum_steps).backward()
                     losses = block_losses.detach().float().cpu().numpy()
-                    sender.add(ids, losses, plan.phase_idx, step)
+                    if phase.stats_source != "score":  # "score": this phase's statistics are the scoring pass's
+                        sender.add(ids, losses, plan.phase_idx, step)
                     interval_losses.append(float(losses.mean()))
                 if tc.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
@@ -258,6 +269,47 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     state = {"step": step, "phase_idx": plan.phase_idx, "tokens_seen": step * tokens_per_step}
                     _save_checkpoint(worker, model, optimizer, coordinator_actor, sender, state, row or state)
     sender.flush(wait=True)
+
+
+def _score_phase_start(worker: _Worker, model, coordinator_actor, cfg: Config, plan, data_dir: str,
+                       run_dir: str) -> None:
+    """Score every training block with the weights at the start of a phase and record the losses
+    (``source="score"``, at the phase's start step) before the phase's selection is made.
+
+    Rank 0 saves the weights, runs the Ray Data pass (its actors need resources besides the training
+    workers'), sends the scores to the statistics actor and, for a focus phase, has the selection made
+    (with k-means clusters of the scored features for ``group_by: cluster``). The other ranks wait for
+    the pass's completion marker (a file poll: a pass over a large corpus outlasts a collective's
+    timeout), then all meet at a barrier, after which the selection exists.
+    """
+    import ray
+
+    from lfr_ray import scoring
+    from lfr_ray.paths import RunPaths
+
+    phase = cfg.schedule.phases[plan.phase_idx]
+    out_dir = RunPaths(Path(run_dir)).phase_scores(plan.phase_idx)
+    if worker.rank == 0:
+        with_features = phase.group_by == "cluster"
+        model_dir = Path(out_dir) / scoring.MODEL_DIR
+        if not (out_dir / scoring.COMPLETE).exists():
+            model_dir = scoring.save_weights(getattr(model, "module", model), out_dir)
+        summary = scoring.score_blocks(data_dir, model_dir, cfg.model, cfg.scoring, out_dir,
+                                       with_features=with_features, seed=cfg.train.seed, progress=False)
+        scoring.drop_weights(out_dir)
+        scoring.record_scores(coordinator_actor, out_dir, phase_idx=plan.phase_idx, step=plan.start_step)
+        _say(f"[lfr-ray] phase {plan.phase_idx} ({plan.kind}): scored {summary['num_blocks']:,} blocks at step "
+             f"{plan.start_step}, mean loss {summary['mean_loss']:.3f}"
+             + (f", {summary['tokens_per_s']:,.0f} tok/s" if summary["tokens_per_s"] else ", all parts reused"))
+        if plan.kind == "focus":
+            groups = (scoring.cluster_labels(out_dir, summary["num_blocks"], cfg.scoring, seed=cfg.train.seed)
+                      if with_features else None)
+            ray.get(coordinator_actor.phase_blocks.remote(
+                plan.phase_idx, plan.kind, plan.keep_frac, strategy=phase.strategy, temperature=phase.temperature,
+                group_by=phase.group_by, groups=groups))
+    else:
+        scoring.wait_complete(out_dir)
+    worker.barrier()
 
 
 def _say(line: str) -> None:

@@ -1,0 +1,79 @@
+"""Schedules of the methods ``lfr-ray compare`` runs, each matched to the LFR schedule's token budget.
+
+Pure functions (no Ray, no torch). A comparison is only fair if every method trains the same number
+of optimizer steps on the same model, data, seed and learning-rate schedule shape (the cosine spans
+the run's total steps, ``schedule.lr_at``), so each baseline is derived from the LFR plan on the
+actual prepared data rather than from its nominal 3.1 epochs: per-phase step counts are rounded up
+to whole global batches, and the baselines' fractional ``passes`` are chosen so that
+``round(passes * steps_per_pass)`` lands exactly on the LFR run's total steps.
+
+* ``lfr``: the configured schedule, unchanged.
+* ``random``: one ``learn`` phase of ``T / steps_per_epoch`` passes. Each pass reshuffles, so this is
+  ordinary random-order multi-epoch pretraining.
+* ``static-prune``: a short ``learn`` phase (``learn_passes`` of an epoch), then one ``focus`` phase on
+  the hardest ``keep_frac`` of the blocks for the remaining steps: perplexity-based static pruning.
+  Its focus set is chosen once from the scores after the short learn phase (``stats_source: score``
+  where ``PhaseConfig`` has it, else the losses recorded during the learn phase; see ``static_prune_schedule``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lfr_ray.config import PhaseConfig, ScheduleConfig
+from lfr_ray.schedule import phase_steps, plan_phases, total_steps
+from lfr_ray.selection import num_keep
+
+
+class BaselineError(ValueError):
+    """A baseline that cannot match the LFR schedule's budget on this data."""
+
+
+def _steps_per_pass(num_blocks: int, global_batch_blocks: int) -> int:
+    return -(-num_blocks // global_batch_blocks)
+
+
+def random_schedule(lfr: ScheduleConfig, num_blocks: int, global_batch_blocks: int) -> ScheduleConfig:
+    """One learn phase with exactly the LFR plan's total steps."""
+    budget = total_steps(plan_phases(lfr, num_blocks, global_batch_blocks))
+    passes = budget / _steps_per_pass(num_blocks, global_batch_blocks)
+    return ScheduleConfig((PhaseConfig("learn", passes),))
+
+
+def scoring_phase_fields() -> dict[str, str]:
+    """Extra ``PhaseConfig`` fields that make a focus phase select from a fresh scoring pass.
+
+    Empty while ``PhaseConfig`` has no ``stats_source`` (then static-prune selects from the losses its
+    learn phase recorded during training, the paper's "recorded" statistic).
+    """
+    names = {f.name for f in dataclasses.fields(PhaseConfig)}
+    return {"stats_source": "score"} if "stats_source" in names else {}
+
+
+def static_prune_schedule(lfr: ScheduleConfig, num_blocks: int, global_batch_blocks: int, *,
+                          learn_passes: float, keep_frac: float) -> ScheduleConfig:
+    """A ``learn_passes`` learn phase, then the hardest ``keep_frac`` for the rest of the LFR budget."""
+    budget = total_steps(plan_phases(lfr, num_blocks, global_batch_blocks))
+    learn_steps = phase_steps(learn_passes, _steps_per_pass(num_blocks, global_batch_blocks))
+    rest = budget - learn_steps
+    if rest < 1:
+        raise BaselineError(
+            f"compare.static_prune_learn_passes={learn_passes} takes {learn_steps} of the LFR schedule's "
+            f"{budget} steps, leaving none for its focus phase; lower it"
+        )
+    focus_spp = _steps_per_pass(num_keep(num_blocks, keep_frac), global_batch_blocks)
+    focus = PhaseConfig("focus", rest / focus_spp, keep_frac, **scoring_phase_fields())
+    return ScheduleConfig((PhaseConfig("learn", learn_passes), focus))
+
+
+def method_schedule(method: str, lfr: ScheduleConfig, num_blocks: int, global_batch_blocks: int, *,
+                    learn_passes: float, keep_frac: float) -> ScheduleConfig:
+    """The schedule ``method`` trains, on ``num_blocks`` blocks with this global batch."""
+    if method == "lfr":
+        return lfr
+    if method == "random":
+        return random_schedule(lfr, num_blocks, global_batch_blocks)
+    if method == "static-prune":
+        return static_prune_schedule(lfr, num_blocks, global_batch_blocks,
+                                     learn_passes=learn_passes, keep_frac=keep_frac)
+    raise BaselineError(f"unknown method {method!r}; known: lfr, random, static-prune")
