@@ -1,7 +1,7 @@
 """Does LFR pay? LFR (paper schedule) vs random order vs static pruning on minipile-v1, 3 seeds each.
 
-    python bench/data_efficiency.py                              # ~5.5 M chars -> ~1.5 M tokens of blocks
-    python bench/data_efficiency.py --train-chars 3.0M --seeds 0,1    # smaller, for a busy machine
+    python bench/data_efficiency.py                              # 4.8 M chars -> ~1.5 M tokens of blocks
+    python bench/data_efficiency.py --train-chars 2M --seeds 0       # smaller, for a busy machine; one seed
     python bench/data_efficiency.py compare.methods=[lfr,random]      # any config override
 
 Writes a deterministic subset of ``../shared/corpus/minipile-v1/train.parquet`` (whole documents,
@@ -56,7 +56,7 @@ def write_subset(train_chars: int, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-chars", default="5.5M", help="characters of training text (e.g. 3M, 5.5M)")
+    parser.add_argument("--train-chars", default="4.8M", help="characters of training text (e.g. 2M, 4.8M)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's 0,1,2)")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")

@@ -1,6 +1,9 @@
 """Entry point for ``ray job submit``: tokenize raw text into blocks on the cluster (Ray Data).
 
-    ray job submit --working-dir . -- python jobs/prepare.py data.inputs=[s3://bucket/corpus/] data.output_dir=/mnt/data/x
+    ray job submit --working-dir . -- python jobs/prepare.py \\
+        data.inputs=[s3://bucket/corpus/] data.output_dir=/mnt/shared/data/corpus
+
+``data.output_dir`` must be an absolute path on a filesystem every node mounts (docs/running.md).
 """
 
 import sys

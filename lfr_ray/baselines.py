@@ -12,13 +12,12 @@ to whole global batches, and the baselines' fractional ``passes`` are chosen so 
   ordinary random-order multi-epoch pretraining.
 * ``static-prune``: a short ``learn`` phase (``learn_passes`` of an epoch), then one ``focus`` phase on
   the hardest ``keep_frac`` of the blocks for the remaining steps: perplexity-based static pruning.
-  Its focus set is chosen once from the scores after the short learn phase (``stats_source: score``
-  where ``PhaseConfig`` has it, else the losses recorded during the learn phase; see ``static_prune_schedule``).
+  Its focus set is chosen once, from a fresh scoring pass of every block with the weights at the end
+  of the short learn phase (``stats_source: score``, ``scoring.py``), not from losses recorded while
+  the learn phase's weights moved.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 from lfr_ray.config import PhaseConfig, ScheduleConfig
 from lfr_ray.schedule import phase_steps, plan_phases, total_steps
@@ -40,16 +39,6 @@ def random_schedule(lfr: ScheduleConfig, num_blocks: int, global_batch_blocks: i
     return ScheduleConfig((PhaseConfig("learn", passes),))
 
 
-def scoring_phase_fields() -> dict[str, str]:
-    """Extra ``PhaseConfig`` fields that make a focus phase select from a fresh scoring pass.
-
-    Empty while ``PhaseConfig`` has no ``stats_source`` (then static-prune selects from the losses its
-    learn phase recorded during training, the paper's "recorded" statistic).
-    """
-    names = {f.name for f in dataclasses.fields(PhaseConfig)}
-    return {"stats_source": "score"} if "stats_source" in names else {}
-
-
 def static_prune_schedule(lfr: ScheduleConfig, num_blocks: int, global_batch_blocks: int, *,
                           learn_passes: float, keep_frac: float) -> ScheduleConfig:
     """A ``learn_passes`` learn phase, then the hardest ``keep_frac`` for the rest of the LFR budget."""
@@ -62,7 +51,7 @@ def static_prune_schedule(lfr: ScheduleConfig, num_blocks: int, global_batch_blo
             f"{budget} steps, leaving none for its focus phase; lower it"
         )
     focus_spp = _steps_per_pass(num_keep(num_blocks, keep_frac), global_batch_blocks)
-    focus = PhaseConfig("focus", rest / focus_spp, keep_frac, **scoring_phase_fields())
+    focus = PhaseConfig("focus", rest / focus_spp, keep_frac, stats_source="score")
     return ScheduleConfig((PhaseConfig("learn", learn_passes), focus))
 
 

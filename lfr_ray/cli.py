@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default=None, help="a UTF-8 text file to compute the perplexity on")
     p.add_argument("--lm-eval-tasks", default=None,
                    help="comma-separated lm-eval (EleutherAI harness) tasks; needs `pip install lm-eval`")
-    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
-    p.add_argument("--stride", type=int, default=None, help="sliding-window stride in tokens (default: context length)")
+    p.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
+    p.add_argument("--stride", type=int, default=None, help="new tokens per sliding window (default and maximum: context length - 1)")
     return parser
 
 

@@ -85,6 +85,7 @@ def compare(cfg: Config, *, verbose: bool = True,
         print(f"Comparison '{cfg.compare.name}' -> {out}: {len(cfg.compare.methods)} method(s) x "
               f"{len(cfg.compare.seeds)} seed(s)")
     summary: dict[str, Any] = {}
+    failed: list[str] = []
     for i, (method, seed, run_cfg) in enumerate(runs):
         paths = RunPaths(run_cfg.run.run_dir())
         if paths.complete.exists():
@@ -94,11 +95,22 @@ def compare(cfg: Config, *, verbose: bool = True,
         if verbose:
             print(f"[compare] {i + 1}/{len(runs)} {run_cfg.run.name}: training")
         t0 = time.time()
-        run_fn(run_cfg, verbose=verbose)
+        try:
+            run_fn(run_cfg, verbose=verbose)
+        except Exception:  # noqa: BLE001 - one failed run must not cost the others; re-raised below
+            log.exception("run %s of comparison '%s' failed; continuing with the others", run_cfg.run.name,
+                          cfg.compare.name)
+            failed.append(run_cfg.run.name)
+            continue
         if verbose:
             print(f"[compare] {run_cfg.run.name} done in {time.time() - t0:.0f} s")
         summary = _write_report(out, verbose=False)  # partial results stay readable if stopped later
     summary = _write_report(out, verbose=verbose) or summary
+    if failed:
+        from lfr_ray.pipeline import RunError
+
+        raise RunError(f"comparison '{cfg.compare.name}': run(s) {', '.join(failed)} failed (see the log above); "
+                       "the report covers the others. Run the same command again to retry only those.")
     return summary
 
 

@@ -524,6 +524,50 @@ def _plan_shards(out: Path, staging: Path, reports: list[dict[str, Any]], split:
     return shards
 
 
+def _metadata(cfg: DataConfig, units: list[Unit], reports: list[dict[str, Any]], tok: dict[str, Any],
+              out: Path, config_hash: str) -> tuple[dict[str, Any], SkipLog]:
+    """The metadata (less shard counts and timings) summed from the unit reports, and the merged skips."""
+    skips = SkipLog(cfg.max_error_locations)
+    for r in reports:
+        skips.merge(r["skipped"], r["error_locations"])
+    meta: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "data_config_hash": config_hash,
+        "data_config": json.loads(json.dumps(dataclasses.asdict(cfg), default=list)),
+        "output_dir": str(out),
+        "inputs": list(cfg.resolved_inputs),
+        "val_inputs": list(cfg.resolved_val_inputs),
+        "num_units": len(units),
+        "tokenizer": tok,
+        "block_len": cfg.block_len,
+        "docs_read": sum(r["docs_read"] for r in reports),
+        **{s: _split_totals(reports, s) for s in SPLITS},
+        "skipped": {reason: skips.counts.get(reason, 0) for reason in SKIP_REASONS},
+        "error_locations": skips.locations,
+        "unigram_loss": _unigram_loss(reports, tok["vocab_size"]),
+    }
+    meta["domains"] = sorted(set(meta["train"]["per_domain"]) | set(meta["val"]["per_domain"]))
+    return meta, skips
+
+
+def _write_shards(out: Path, staging: Path, reports: list[dict[str, Any]], meta: dict[str, Any],
+                  cfg: DataConfig, progress: bool) -> None:
+    """Pass 2: the final shards of both splits (stale ones of an earlier attempt removed first)."""
+    shards = []
+    for split in SPLITS:
+        (out / split).mkdir(exist_ok=True)
+        for stale in (out / split).glob("part-*.parquet*"):
+            stale.unlink()
+        split_shards = _plan_shards(out, staging, reports, split, cfg.block_len)
+        meta[split]["num_shards"] = len(split_shards)
+        shards += split_shards
+    written = _run_tasks(_finalize_task, [json.dumps(s) for s in shards], cfg.num_cpus_per_task, progress,
+                         "write_shards")
+    if sum(w["num_rows"] for w in written) != sum(meta[s]["num_blocks"] for s in SPLITS):
+        raise PrepareError(f"the shards written under {out} do not hold the blocks the units reported; "
+                           f"re-run with --force")
+
+
 def prepare(cfg: DataConfig, *, config_yaml: str, force: bool = False, progress: bool = True) -> dict[str, Any]:
     """Turn ``cfg.inputs`` into blocks under ``cfg.output_dir``; return the metadata (see the module doc).
 
@@ -573,26 +617,7 @@ def prepare(cfg: DataConfig, *, config_yaml: str, force: bool = False, progress:
     stage_s["units"] = round(time.perf_counter() - t_units, 2)
     stage_s["unit_tasks_sum"] = round(sum(r["elapsed_s"] for r in reports), 2)  # > units: parallel
 
-    skips = SkipLog(cfg.max_error_locations)
-    for r in reports:
-        skips.merge(r["skipped"], r["error_locations"])
-    meta: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "data_config_hash": config_hash,
-        "data_config": json.loads(json.dumps(dataclasses.asdict(cfg), default=list)),
-        "output_dir": str(out),
-        "inputs": list(cfg.resolved_inputs),
-        "val_inputs": list(cfg.resolved_val_inputs),
-        "num_units": len(units),
-        "tokenizer": tok,
-        "block_len": cfg.block_len,
-        "docs_read": sum(r["docs_read"] for r in reports),
-        **{s: _split_totals(reports, s) for s in SPLITS},
-        "skipped": {reason: skips.counts.get(reason, 0) for reason in SKIP_REASONS},
-        "error_locations": skips.locations,
-        "unigram_loss": _unigram_loss(reports, tok["vocab_size"]),
-    }
-    meta["domains"] = sorted(set(meta["train"]["per_domain"]) | set(meta["val"]["per_domain"]))
+    meta, skips = _metadata(cfg, units, reports, tok, out, config_hash)
     if meta["train"]["num_blocks"] == 0:
         train = meta["train"]
         raise PrepareError(
@@ -603,19 +628,8 @@ def prepare(cfg: DataConfig, *, config_yaml: str, force: bool = False, progress:
         log.warning("skipped %d record(s): %s, e.g. %s", skips.counts[reason], SKIP_REASONS[reason],
                     ", ".join(where))
 
-    shards = []
-    for split in SPLITS:
-        (out / split).mkdir(exist_ok=True)
-        for stale in (out / split).glob("part-*.parquet*"):
-            stale.unlink()
-        split_shards = _plan_shards(out, staging, reports, split, cfg.block_len)
-        meta[split]["num_shards"] = len(split_shards)
-        shards += split_shards
     t_final = time.perf_counter()
-    written = _run_tasks(_finalize_task, [json.dumps(s) for s in shards], cfg.num_cpus_per_task, progress,
-                         "write_shards")
-    assert sum(w["num_rows"] for w in written) == sum(meta[s]["num_blocks"] for s in SPLITS)
-
+    _write_shards(out, staging, reports, meta, cfg, progress)
     stage_s["finalize"] = round(time.perf_counter() - t_final, 2)
     meta["elapsed_s"], meta["stage_s"] = round(time.perf_counter() - t0, 2), stage_s
     _write_atomic(out / METADATA, json.dumps(meta, indent=1))

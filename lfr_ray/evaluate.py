@@ -2,10 +2,11 @@
 
 * ``perplexity(model_dir, text_file)``: the model's token-level perplexity on any UTF-8 text file, so
   a user can check a run on their own held-out data. The text is tokenized whole (with the run's own
-  tokenizer) and scored in sliding windows of the model's context length: each window predicts only
-  the tokens the previous windows did not, and sees up to ``context - stride`` earlier tokens as
-  context (``stride`` = context: disjoint windows, the fastest; smaller strides give every prediction
-  more context and a lower, fairer perplexity at ``context / stride`` times the cost).
+  tokenizer) and scored in sliding windows of the model's context length; every token but the first
+  is predicted exactly once. Each window predicts ``stride`` new tokens and sees up to
+  ``context - stride`` earlier ones as context (default ``stride = context - 1``: windows overlap by
+  one token, the fastest; smaller strides give every prediction more context and a lower, fairer
+  perplexity at about ``context / stride`` times the cost).
 * ``run_lm_eval(model_dir, tasks)``: the EleutherAI harness on the model, if ``lm_eval`` is installed
   (it is not a dependency: ``pip install lm-eval``; its tasks may download data).
 """
@@ -18,8 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 
-def perplexity(model_dir: str | Path, text_file: str | Path, *, batch_size: int = 8,
-               stride: Optional[int] = None) -> dict[str, Any]:
+def perplexity(model_dir: str | Path, text_file: str | Path, *, stride: Optional[int] = None) -> dict[str, Any]:
     """Mean next-token cross-entropy (nats) and perplexity of the model on the file's text."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -27,29 +27,22 @@ def perplexity(model_dir: str | Path, text_file: str | Path, *, batch_size: int 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     context = int(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions"))
-    stride = min(stride or context, context)
+    # Every target ids[1:] is predicted exactly once: chunk t0..t1-1 of ``stride`` new targets is predicted
+    # by the window ids[b:t1] with b = t1 - context (as much earlier context as fits), so stride <= context - 1.
+    stride = min(stride or context - 1, context - 1)
     ids = tok(Path(text_file).read_text(encoding="utf-8"), return_tensors="pt").input_ids[0]
     if len(ids) < 2:
         raise ValueError(f"{text_file}: fewer than two tokens, nothing to predict")
-    # Window w covers ids[begin:end] and predicts targets from ``first`` on (earlier ones are context).
-    windows, prev_end = [], 0
-    for begin in range(0, len(ids) - 1, stride):
-        end = min(begin + context, len(ids))
-        first = max(prev_end, begin + 1) - begin  # position inside the window of the first new target
-        windows.append((begin, end, first))
-        prev_end = end
-        if end == len(ids):
-            break
     nll, count = 0.0, 0
     with torch.no_grad():
-        for i in range(0, len(windows), batch_size):
-            for begin, end, first in windows[i : i + batch_size]:  # windows differ in length: one at a time
-                x = ids[begin:end].unsqueeze(0)
-                logits = model(x).logits[0, :-1].float()
-                targets = x[0, 1:]
-                losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")[first - 1 :]
-                nll += float(losses.sum())
-                count += len(losses)
+        for t0 in range(1, len(ids), stride):
+            t1 = min(len(ids), t0 + stride)
+            b = max(0, t1 - context)
+            x = ids[b:t1].unsqueeze(0)
+            logits = model(x).logits[0, :-1].float()
+            losses = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="none")[t0 - b - 1 :]
+            nll += float(losses.sum())
+            count += len(losses)
     loss = nll / count
     return {"model": str(model_dir), "text": str(text_file), "num_tokens": int(len(ids)), "num_predicted": count,
             "context": context, "stride": stride, "loss": loss, "perplexity": math.exp(loss)}
@@ -82,7 +75,7 @@ def main_eval(model_dir: str, text_file: Optional[str], lm_eval_tasks: Optional[
         print("lfr-ray: error: give --text FILE, --lm-eval-tasks TASKS, or both", file=sys.stderr)
         return 2
     if text_file:
-        r = perplexity(model_dir, text_file, batch_size=batch_size, stride=stride)
+        r = perplexity(model_dir, text_file, stride=stride)
         print(f"{r['text']}: {r['num_predicted']:,} tokens predicted, loss {r['loss']:.4f} nats/token, "
               f"perplexity {r['perplexity']:.2f} (context {r['context']}, stride {r['stride']})")
     if lm_eval_tasks:

@@ -123,7 +123,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def _full_name(uri: str, fs_path: str) -> str:
     """A user-facing name of ``fs_path``: the absolute local path, or the URI with its scheme."""
-    if "://" not in uri:
+    if "://" not in uri or uri.startswith("file://"):
         return fs_path
     return uri.split("://", 1)[0] + "://" + fs_path.lstrip("/")
 

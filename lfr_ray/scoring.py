@@ -4,8 +4,8 @@ A *scoring pass* measures every training block's mean next-token loss with one s
 checkpoint), unlike the losses recorded during training, which are taken while the weights move and go
 stale for blocks a focus phase leaves out. ``score_batch`` is the pure part (``modeling.block_forward``,
 the one loss definition, under ``torch.inference_mode``; bf16 autocast on GPU). ``score_blocks`` runs
-it with Ray Data: ``read_parquet`` over ``<data_dir>/train``, ``map_batches(BlockScorer, compute=
-ActorPoolStrategy(min_size, max_size))``, one model load per actor. The caller (the CLI, or rank 0 of
+it with Ray Data: read tasks over the row groups of ``<data_dir>/train``, then ``map_batches(BlockScorer,
+compute=ActorPoolStrategy(min_size, max_size))``, one model load per actor. The caller (the CLI, or rank 0 of
 a run) collects the small results and writes them, keyed by ``block_id``, into ``<out_dir>``::
 
     part-00000.parquet ...   block_id int64, loss float32, num_tokens int32, source string
@@ -49,7 +49,8 @@ COMPLETE, SPEC = "_COMPLETE", "_SPEC.json"
 MODEL_DIR = "_model"
 """Where a run's scoring pass saves the weights it scores (removed once the pass is complete)."""
 _BATCHES_PER_TASK = 8
-"""Input rows per Ray Data block = 8 scoring batches: enough blocks to keep every actor busy, few enough tasks."""
+"""Rows per Ray Data block fed to the pool = 8 scoring batches: enough blocks to keep every actor busy, few
+enough that per-task overhead stays small."""
 
 
 class ScoringError(RuntimeError):
@@ -214,26 +215,26 @@ class PartWriter:
 # --------------------------------------------------------------------------------------------
 
 
-def _keep_rows_of_parts(batch: pa.Table, todo_mask: np.ndarray, part_blocks: int) -> pa.Table:
-    """Drop rows whose part is already finished (fused into the read tasks)."""
-    keep = todo_mask[batch.column(BLOCK_ID).to_numpy() // part_blocks]
-    return batch if keep.all() else batch.filter(pa.array(keep))
-
-
-def _input_files(data_dir: Path, todo_mask: np.ndarray, part_blocks: int) -> list[str]:
-    """Training shards holding at least one block of an unfinished part (block id range from Parquet statistics)."""
-    files = []
+def _read_units(data_dir: Path, todo_mask: np.ndarray, part_blocks: int) -> list[dict[str, Any]]:
+    """One read unit per Parquet row group of ``<data_dir>/train`` that holds a block of an unfinished part
+    (block id range from the row group's statistics; without statistics the row group is read and filtered)."""
+    units = []
     for f in sorted((data_dir / "train").glob("part-*.parquet")):
         meta = pq.ParquetFile(f).metadata
         col = meta.schema.to_arrow_schema().get_field_index(BLOCK_ID)
-        stats = [meta.row_group(i).column(col).statistics for i in range(meta.num_row_groups)]
-        if not stats or any(s is None or not s.has_min_max for s in stats):
-            files.append(str(f))  # no statistics: read it and let the row filter decide
-            continue
-        low, high = min(s.min for s in stats) // part_blocks, max(s.max for s in stats) // part_blocks
-        if todo_mask[low : high + 1].any():
-            files.append(str(f))
-    return files
+        for rg in range(meta.num_row_groups):
+            st = meta.row_group(rg).column(col).statistics
+            if st is None or not st.has_min_max or todo_mask[st.min // part_blocks : st.max // part_blocks + 1].any():
+                units.append({"path": str(f), "row_group": rg})
+    return units
+
+
+def _read_row_groups(units: pa.Table, todo_mask: np.ndarray, part_blocks: int) -> Iterator[pa.Table]:
+    """Ray Data read UDF: each unit's row group, without the rows of finished parts."""
+    for path, rg in zip(units.column("path").to_pylist(), units.column("row_group").to_pylist()):
+        table = pq.ParquetFile(path).read_row_group(rg, columns=[BLOCK_ID, INPUT_IDS, SOURCE])
+        keep = todo_mask[table.column(BLOCK_ID).to_numpy() // part_blocks]
+        yield table if keep.all() else table.filter(pa.array(keep))
 
 
 def score_blocks(data_dir: str | Path, model_path: str | Path, model_cfg: ModelConfig, scoring: ScoringConfig,
@@ -264,13 +265,15 @@ def score_blocks(data_dir: str | Path, model_path: str | Path, model_cfg: ModelC
     blocks_scored = 0
     if todo_mask.any():
         DataContext.get_current().enable_progress_bars = progress
-        ds = ray.data.read_parquet(_input_files(data_dir, todo_mask, scoring.part_blocks),
-                                   columns=[BLOCK_ID, INPUT_IDS, SOURCE], num_cpus=scoring.num_cpus_per_read_task)
-        if done:
-            ds = ds.map_batches(_keep_rows_of_parts, fn_kwargs={"todo_mask": todo_mask, "part_blocks": scoring.part_blocks},
-                                batch_format="pyarrow", batch_size=None, num_cpus=scoring.num_cpus_per_read_task)
-        # Small inputs arrive as one Ray Data block (one task, one actor busy): cut them to a few batches each.
-        ds = ds.repartition(target_num_rows_per_block=scoring.batch_size * _BATCHES_PER_TASK)
+        # Not ``read_parquet``: in Ray 2.60 it adds a file-listing task and ``repartition`` adds map tasks
+        # that reserve 1 CPU each whatever ``num_cpus`` says; beside a run's training workers they may never
+        # fit, and the pass hangs. Here every read is a task of ``num_cpus_per_read_task`` CPUs over a
+        # manifest of row groups, and the dataset's own block-size target cuts its output into blocks of
+        # ``_BATCHES_PER_TASK`` batches, so even one small file spreads over the whole pool.
+        ds = ray.data.from_items(_read_units(data_dir, todo_mask, scoring.part_blocks))
+        ds.context.target_max_block_size = scoring.batch_size * _BATCHES_PER_TASK * 4 * (block_len + 1)
+        ds = ds.map_batches(_read_row_groups, fn_kwargs={"todo_mask": todo_mask, "part_blocks": scoring.part_blocks},
+                            batch_size=1, batch_format="pyarrow", num_cpus=scoring.num_cpus_per_read_task)
         ds = ds.map_batches(
             BlockScorer,
             fn_constructor_args=(str(model_path), model_cfg, meta["tokenizer"], block_len),

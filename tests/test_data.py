@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lfr_ray.config import DEMO_DATA, DataConfig
+from lfr_ray import data
+from lfr_ray.config import DataConfig
 from lfr_ray.data import (
     BLOCK_ID, DOC_ID, INPUT_IDS, SOURCE, Packer, PrepareError, data_config_hash, in_val, is_complete,
     load_block_arrays, load_metadata, prepare, process_unit, read_blocks,
@@ -226,7 +227,8 @@ def test_prepare_demo_corpus(ray_cluster, tmp_path, caplog):
 
 
 @pytest.mark.ray
-def test_prepare_bad_inputs_resume_and_force(ray_cluster, tmp_path, tok_dir, caplog):
+def test_prepare_bad_inputs_resume_and_force(ray_cluster, tmp_path, tok_dir, caplog, monkeypatch):
+    monkeypatch.setattr(data, "TARGET_SHARD_BYTES", 17 * 4 * 50)  # ~50 blocks per shard: several shards
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     write_jsonl(corpus / "a.jsonl", make_docs(40, seed=1))
@@ -251,6 +253,8 @@ def test_prepare_bad_inputs_resume_and_force(ray_cluster, tmp_path, tok_dir, cap
     meta = prepare(cfg, config_yaml="", progress=False)
     assert "5 of 6 units already done" in caplog.text
     check_consistent(meta, out)
+    num_shards = meta["train"]["num_shards"]
+    assert num_shards > 2 and len(list((out / "train").glob("part-*.parquet"))) == num_shards
     assert meta["docs_read"] == 40 + 30 + 11 + 20
     assert meta["skipped"] == {"bad_json": 1, "not_object": 0, "missing_text": 1, "empty_text": 0, "bad_utf8": 1}
     assert meta["error_locations"] == {"bad_json": [f"{corpus / 'c.jsonl'}:3"],

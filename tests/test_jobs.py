@@ -42,7 +42,7 @@ def free_ports(n: int) -> list[int]:
 class LocalRayHead:
     """A Ray head node on this machine that touches nothing outside its own temp dir and ports."""
 
-    def __init__(self, num_cpus: int, *, extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None):
+    def __init__(self, num_cpus: int, *, extra_env: dict[str, str] | None = None):
         # Ray puts Unix sockets under the temp dir and their paths must stay under 107 bytes, so the
         # dir is short and in /tmp rather than under pytest's (long) tmp_path.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="lfr-", dir="/tmp"))
@@ -63,8 +63,8 @@ class LocalRayHead:
             f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
             f"--runtime-env-agent-port={runtime_env}", f"--node-manager-port={node_manager}",
             f"--object-manager-port={object_manager}", "--min-worker-port=0", "--max-worker-port=0",
-            "--disable-usage-stats", *extra_args,
-        ]
+            "--disable-usage-stats",
+        ]  # a caller may append flags before start(), e.g. --autoscaling-config
         self.pgid: int | None = None
 
     @property

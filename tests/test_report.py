@@ -205,6 +205,9 @@ def test_report_builds_from_synthetic_runs(tmp_path):
     assert m["lfr"]["reached_target"] == 2
     assert m["static-prune"]["reached_target"] == 0  # ends above the target: never reaches it
     assert m["static-prune"]["tokens_to_target_frac"]["mean"] is None
+    # ...and random got to static-prune's final loss (2.8) before its own end (2.55), LFR's (2.05) never.
+    assert 0.8 < m["static-prune"]["reference_tokens_to_this_final_frac"] < 1
+    assert m["lfr"]["reference_tokens_to_this_final_frac"] is None
     # Scoring counted at a third: static-prune scored every block once.
     assert m["static-prune"]["scoring_tokens"]["mean"] == NUM_BLOCKS * BLOCK_LEN
     assert m["static-prune"]["compute_tokens"]["mean"] == pytest.approx(
@@ -246,3 +249,9 @@ def test_summarize_without_a_reference_has_no_target():
            "diagnostics": {"position_loss_spearman": {}, "first_focus_first_half_share": None, "recorded_vs_scored": []}}
     s = summarize([run])
     assert s["target_val_loss"] is None and s["methods"]["lfr"]["reached_target"] == 0
+
+
+def test_static_prune_selects_from_a_fresh_scoring_pass():
+    sp = static_prune_schedule(ScheduleConfig(), 1000, 10, learn_passes=0.25, keep_frac=0.5)
+    assert [p.stats_source for p in sp.phases] == ["record", "score"]
+    assert sp.needs_scoring()

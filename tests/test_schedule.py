@@ -78,3 +78,19 @@ def test_lr_schedule_is_continuous_across_phases():
     for p in plans[1:]:
         assert jumps[p.start_step - 1] <= jumps.max()  # a phase boundary is an ordinary step
         assert jumps[p.start_step - 1] < 1e-3 * 0.02
+
+
+def test_fractional_passes_train_the_first_steps_of_the_last_pass():
+    sched = ScheduleConfig((PhaseConfig("learn", 2.5), PhaseConfig("focus", 0.35, 0.5)))
+    plans = plan_phases(sched, num_blocks=1000, global_batch_blocks=10)
+    assert [(p.steps_per_pass, p.num_steps, p.start_step) for p in plans] == [(100, 250, 0), (50, 18, 250)]
+    assert [plans[0].pass_steps(i) for i in range(3)] == [100, 100, 50]  # the third pass is half a pass
+    assert plans[1].pass_steps(0) == 18
+    assert locate(plans, 249)[1:] == (2, 49)
+    assert locate(plans, 250)[0].phase_idx == 1
+    assert total_steps(plans) == 268
+
+
+def test_a_tiny_fraction_still_trains_one_step():
+    plans = plan_phases(ScheduleConfig((PhaseConfig("learn", 0.001),)), 1000, 10)
+    assert plans[0].num_steps == 1
