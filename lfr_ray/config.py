@@ -94,7 +94,7 @@ class DataConfig:
     num_cpus_per_task: float = 1.0
     """CPUs each Ray Data preparation task reserves."""
 
-    def validate(self, prefix: str = "data") -> None:
+    def validate(self, prefix: str = "data", *, check_paths: bool = True) -> None:
         for key in ("text_field",):
             if not getattr(self, key):
                 _fail(f"{prefix}.{key}", "must be a non-empty string")
@@ -106,6 +106,8 @@ class DataConfig:
         _check_non_negative(self, prefix, "max_error_locations")
         if not 0 <= self.val_frac < 1:
             _fail(f"{prefix}.val_frac", f"must be in [0, 1), got {self.val_frac!r}")
+        if not check_paths:
+            return
         for key in ("inputs", "val_inputs"):
             for path in getattr(self, key):
                 if not _exists(path):
@@ -469,10 +471,31 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
-    def validate(self) -> "Config":
+    def validate(self, *, check_paths: bool = True) -> "Config":
+        """Check every section; ``check_paths=False`` skips the existence of local input paths
+        (a training worker on another node, or a report on a run whose raw text is gone)."""
         for f in dataclasses.fields(self):
-            getattr(self, f.name).validate(f.name)
+            if f.name == "data":
+                self.data.validate("data", check_paths=check_paths)
+            else:
+                getattr(self, f.name).validate(f.name)
         return self
+
+    def with_absolute_paths(self) -> "Config":
+        """Every local path made absolute (packaged ``assets/...`` inputs resolved), so the driver,
+        the workers and a later resume from another working directory read the same files."""
+
+        def fix(path: str) -> str:
+            return path if "://" in path else str(Path(resolve_path(path)).absolute())
+
+        data = dataclasses.replace(
+            self.data,
+            inputs=tuple(fix(p) for p in self.data.inputs),
+            val_inputs=tuple(fix(p) for p in self.data.val_inputs),
+            output_dir=fix(self.data.output_dir),
+            tokenizer=None if self.data.tokenizer is None else fix(self.data.tokenizer),
+        )
+        return dataclasses.replace(self, data=data, run=dataclasses.replace(self.run, root_dir=fix(self.run.root_dir)))
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
@@ -624,7 +647,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Iterable[str] 
         _merge(tree, loaded, "")
     for key, raw in parse_overrides(overrides):
         _set_override(tree, key, raw)
-    return _build(Config, tree, "").validate()
+    return _build(Config, tree, "").validate().with_absolute_paths()
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str) -> None:
@@ -636,6 +659,9 @@ def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str) -> None:
             base[key] = value
 
 
-def config_from_dict(data: dict[str, Any]) -> Config:
-    """Rebuild a validated config from ``Config.to_dict()`` output (e.g. a run's ``config.yaml``)."""
-    return _build(Config, data, "").validate()
+def config_from_dict(data: dict[str, Any], *, check_paths: bool = False) -> Config:
+    """Rebuild a validated config from ``Config.to_dict()`` output (e.g. a run's ``config.yaml``).
+
+    Input paths are not checked by default: the config was checked where it was loaded.
+    """
+    return _build(Config, data, "").validate(check_paths=check_paths)

@@ -37,17 +37,36 @@ def read_history(run_dir: str | Path):
     return pa.concat_tables([pq.read_table(f) for f in files])
 
 
+def _domain_codes(domains: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct domain names and each block's index into them."""
+    import pyarrow as pa
+
+    if isinstance(domains, (pa.Array, pa.ChunkedArray)):
+        arr = domains.combine_chunks() if isinstance(domains, pa.ChunkedArray) else domains
+        if not pa.types.is_dictionary(arr.type):
+            arr = arr.dictionary_encode()
+        dictionary = np.array(arr.dictionary.to_pylist(), dtype=str)
+        order = np.argsort(dictionary, kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        return dictionary[order], rank[arr.indices.to_numpy()]
+    names, codes = np.unique(np.asarray(domains), return_inverse=True)
+    return names.astype(str), codes
+
+
 class Coordinator:
     """Holds ``BlockStats`` for every training block of one run.
 
     Domains are kept as codes into their sorted names (1 byte per block for up to 256 domains, instead of a
-    Python string per block): with the 23-byte statistics, 24 bytes per block plus the history.
+    Python string per block): with the 23-byte statistics, 24 bytes per block plus the history. ``domains``
+    is one label per block: a numpy array, or an Arrow array (ideally dictionary-encoded, as the driver
+    sends it: 4 bytes per block through the object store rather than a pickled string each).
     """
 
     def __init__(self, run_dir: str, num_blocks: int, domains: np.ndarray, seed: int = 0):
         self.paths = RunPaths(Path(run_dir))
-        names, codes = np.unique(np.asarray(domains), return_inverse=True)
-        self.domain_names = names.astype(str)
+        names, codes = _domain_codes(domains)
+        self.domain_names = names
         self.domain_codes = codes.astype(np.uint8 if len(names) <= 256 else np.int32)
         self.seed = seed
         self.stats = BlockStats(num_blocks)
@@ -144,7 +163,10 @@ class Coordinator:
         import pyarrow.parquet as pq
 
         loss = self.stats.latest_loss()[ids]
-        columns = {"block_id": ids, "source": self.domain_names[self.domain_codes[ids]], "latest_loss": loss}
+        # Domain strings decoded from codes by Arrow (a numpy string array of millions of rows is slow to build).
+        source = pa.DictionaryArray.from_arrays(pa.array(self.domain_codes[ids].astype(np.int32)),
+                                                pa.array(self.domain_names.tolist())).cast(pa.string())
+        columns = {"block_id": ids, "source": source, "latest_loss": loss}
         if clusters is not None:
             columns["cluster"] = np.asarray(clusters)[ids]
         buf = io.BytesIO()

@@ -49,7 +49,9 @@ def check_run_config(paths: RunPaths, cfg: Config) -> None:
 
     old = config_from_dict(yaml.safe_load(paths.config.read_text())).to_dict()
     new = cfg.to_dict()
-    mutable = {"log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_failures", "stats_flush_every_steps"}
+    # Where workers are placed may change on resume (a new node type), what they train may not.
+    mutable = {"log_every_steps", "eval_every_steps", "checkpoint_every_steps", "max_failures", "stats_flush_every_steps",
+               "node_resource", "cpus_per_worker", "use_gpu"}
     diffs = [
         f"{section}.{key}: {old[section][key]!r} -> {new[section][key]!r}"
         for section in new
@@ -100,7 +102,8 @@ def run(cfg: Config, *, stop_after_phase: int | None = None, verbose: bool = Tru
             "or give data.val_inputs (and prepare again with a new data.output_dir)"
         )
     plans = plan_phases(cfg.schedule, num_blocks, cfg.train.global_batch_blocks())
-    domains = read_blocks(cfg.data.output_dir, "train", columns=["source"])["source"].to_numpy(zero_copy_only=False)
+    # Dictionary-encoded: the statistics actor receives 4 bytes per block, not a pickled string each.
+    domains = read_blocks(cfg.data.output_dir, "train", columns=["source"])["source"].combine_chunks().dictionary_encode()
     if verbose:
         print(format_plan(cfg, meta, plans))
     if cfg.schedule.needs_scoring():

@@ -205,6 +205,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             # records in its restored statistics already; one resumed from the phase-end checkpoint before
             # it has not, and records them again (from the finished parts: nothing is scored twice).
             _score_phase_start(worker, model, coordinator_actor, cfg, plan, data_dir, loop_config["run_dir"])
+            t_interval = time.perf_counter()  # the pass is not training time (its own rate is printed)
         if plan.kind == "focus":
             phase_ids = ray.get(coordinator_actor.phase_blocks.remote(
                 plan.phase_idx, plan.kind, plan.keep_frac, strategy=phase.strategy, temperature=phase.temperature,

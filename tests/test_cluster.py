@@ -164,7 +164,8 @@ def test_fake_autoscaler_adds_and_removes_nodes_for_a_run(tmp_path):
     the fake cluster GPUs are logical, and a worker with use_gpu would try to use CUDA. The custom
     resource is the same request that routes GPU training to gpu_train on AWS, so this shows the
     part the autoscaler decides: preparing the data (CPU tasks) starts a cpu_worker, training starts
-    a gpu_train node (never a gpu_score one), the run completes, and both nodes go once idle.
+    a gpu_train node (never a gpu_score one), the run completes, and both nodes go once idle. The
+    run also sets ``run.storage_path``, so checkpoints are written outside the run directory.
     """
     from test_jobs import LocalRayHead
 
@@ -178,10 +179,14 @@ def test_fake_autoscaler_adds_and_removes_nodes_for_a_run(tmp_path):
             sys.executable, "-m", "lfr_ray.cli", "run", "--config", "debug", "--address", head.gcs_address,
             f"data.output_dir={tmp_path / 'data'}", f"run.root_dir={tmp_path / 'runs'}", "run.name=fake",
             f"train.node_resource={TRAIN_RESOURCE}", "schedule.phases=[{kind: learn}]",
+            f"run.storage_path={tmp_path / 'checkpoints'}",
             timeout=300,
         )
         assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:] + _events(head)
         assert (tmp_path / "runs" / "fake" / "_COMPLETE").exists()
+        # run.storage_path moved the checkpoints out of the run directory (to <storage_path>/<run.name>).
+        assert list((tmp_path / "checkpoints" / "fake").glob("checkpoint_*"))
+        assert not (tmp_path / "runs" / "fake" / "train").exists()
 
         deadline = time.time() + 90
         while time.time() < deadline and not all(

@@ -182,8 +182,7 @@ def check_consistent(meta: dict, data_dir) -> None:
     assert kept + sum(meta["skipped"].values()) == meta["docs_read"]
 
 
-@pytest.mark.ray
-@pytest.mark.slow
+@pytest.mark.ray  # about 7 s on 2 cores (plus the session's Ray start)
 def test_prepare_demo_corpus(ray_cluster, tmp_path, caplog):
     out = tmp_path / "demo"
     cfg = DataConfig(output_dir=str(out), block_len=64, vocab_size=1024, tokenizer_train_chars=200_000)

@@ -297,11 +297,14 @@ def test_crashed_pass_resumes_without_rescoring_finished_parts(scored):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_run_with_a_scoring_phase_then_lfr_ray_score(scored, tmp_path):
-    """learn -> focus (stats from a scoring pass at its start, diverse by k-means cluster): one trainer."""
+def test_run_with_a_scoring_phase_resumes_its_pass_then_lfr_ray_score(scored, tmp_path):
+    """learn -> focus (stats from a scoring pass at its start, diverse by k-means cluster). The run stops
+    after learn; a scoring pass of the phase-end weights is left half done, as a crash would leave it;
+    the continued run resumes from the phase-end checkpoint, scores only the missing parts, records
+    every block's score exactly once, selects, trains. Then ``lfr-ray score`` on the exported model."""
     from lfr_ray.coordinator import read_history
     from lfr_ray.pipeline import run
-    from lfr_ray.scoring import score_checkpoint
+    from lfr_ray.scoring import MODEL_DIR, score_blocks, score_checkpoint
 
     cfg = load_config("debug.yaml", [
         f"data.output_dir={scored['cfg'].data.output_dir}", f"run.root_dir={tmp_path}", "run.name=scored",
@@ -309,23 +312,38 @@ def test_run_with_a_scoring_phase_then_lfr_ray_score(scored, tmp_path):
         "stats_source: score}]",
         "scoring.part_blocks=256", "scoring.batch_size=32", "scoring.num_clusters=4", "train.eval_every_steps=1000",
     ])
-    run(cfg, verbose=False)
-    paths = RunPaths(cfg.run.run_dir())
     n = len(scored["tokens"])
     learn_steps = -(-n // cfg.train.global_batch_blocks())
+    paths = RunPaths(cfg.run.run_dir())
+    run(cfg, stop_after_phase=0, verbose=False)
+
+    out = paths.phase_scores(1)
+    (out / MODEL_DIR).mkdir(parents=True)
+    shutil.copy(paths.train_storage / f"checkpoint_{learn_steps:08d}" / "model.pt", out / MODEL_DIR / "model.pt")
+    score_blocks(cfg.data.output_dir, out / MODEL_DIR, cfg.model, cfg.scoring, out, with_features=True,
+                 seed=cfg.train.seed, progress=False)
+    before = read_scores(out)
+    (out / COMPLETE).unlink()
+    part_path(out, 1).unlink()
+    kept = {p: os.stat(part_path(out, p)).st_mtime_ns for p in (0, 2, 3)}
+
+    run(cfg, verbose=False)
+    assert {p: os.stat(part_path(out, p)).st_mtime_ns for p in kept} == kept  # finished parts not redone
+    assert json.loads((out / COMPLETE).read_text())["blocks_scored_now"] == 256
+    assert not (out / MODEL_DIR).exists()
     history = read_history(paths.root).to_pandas()
     scores = history[history.source == "score"]
-    # Every block scored exactly once, at the focus phase's start step, recorded in that phase.
+    # Every block scored exactly once, at the focus phase's start step, recorded in that phase, with the
+    # losses of the phase-end weights.
     assert sorted(scores.block_id) == list(range(n))
     assert set(scores.step) == {learn_steps} and set(scores.phase_idx) == {1}
+    np.testing.assert_allclose(scores.sort_values("block_id").loss.to_numpy(), before[LOSS].to_numpy(), atol=1e-6)
     # stats_source=score: the focus phase's training pass recorded nothing.
     assert not ((history.phase_idx == 1) & (history.source == "record")).any()
-    scored_losses = read_scores(paths.phase_scores(1))
-    np.testing.assert_allclose(scores.sort_values("block_id").loss.to_numpy(), scored_losses[LOSS].to_numpy())
-    assert not (paths.phase_scores(1) / "_model").exists()
     info = json.loads(paths.selection(1).with_suffix(".json").read_text())
     assert info["strategy"] == "diverse" and info["group_by"] == "cluster" and len(info["quotas"]) == 4
     assert sum(info["quotas"].values()) == num_keep(n, 0.5) and info["latest_loss_source"]["score"] == info["num_blocks"]
+    assert info["latest_loss_step_range"] == [learn_steps, learn_steps]
 
     summary = score_checkpoint(cfg, verbose=False)  # `lfr-ray score`: the exported model of the complete run
     assert Path(summary["out_dir"]) == paths.scores / "model" and summary["num_blocks"] == n
