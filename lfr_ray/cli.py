@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -81,11 +82,18 @@ def main(argv: list[str] | None = None) -> int:
         print(cfg.to_yaml(), end="")
         return 0
 
+    from lfr_ray.baselines import BaselineError
     from lfr_ray.data import PrepareError, format_summary, prepare
     from lfr_ray.pipeline import RunError, run
-    from lfr_ray.baselines import BaselineError
     from lfr_ray.schedule import PlanError
 
+    # lfr-ray's own progress messages (resume, tokenizer training, skipped rows) at INFO.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[lfr-ray] %(message)s"))
+    package_log = logging.getLogger("lfr_ray")
+    package_log.addHandler(handler)
+    package_log.setLevel(logging.INFO)
+    package_log.propagate = False
     _init_ray(args.address, args.num_cpus)
     try:
         if args.command == "prepare":

@@ -181,7 +181,7 @@ class PhaseConfig:
     """Passes over this phase's own block set (> 0); a fraction trains the first steps of the last pass's order,
     ``round(passes * steps_per_pass)`` steps in all (token budgets of baselines are matched this way)."""
     keep_frac: float = 1.0
-    """Fraction of blocks a focus phase keeps (by highest latest recorded loss); must be 1 for learn/review."""
+    """Fraction of blocks a focus phase keeps (picked by ``strategy``); must be 1 for learn/review."""
     strategy: Literal["hardest", "sample", "diverse", "forgotten-first"] = "hardest"
     """How a focus phase picks its blocks from the latest losses (``selection.py``): ``hardest`` (the paper's top-k),
     ``sample`` (k without replacement, P rising with loss, see ``temperature``), ``diverse`` (the hardest within each

@@ -636,7 +636,6 @@ def prepare(cfg: DataConfig, *, config_yaml: str, force: bool = False, progress:
     _write_atomic(out / CONFIG, config_yaml)
     shutil.rmtree(staging)
     (out / COMPLETE).write_text("")  # last: its presence means everything above is in place
-    log.info("\n%s", format_summary(meta))
     return meta
 
 

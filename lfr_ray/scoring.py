@@ -15,10 +15,11 @@ a run) collects the small results and writes them, keyed by ``block_id``, into `
     _COMPLETE                JSON summary (blocks, tokens, mean loss per domain, tokens/s), written last
 
 ``pyarrow.parquet.read_table(out_dir)`` reads the parts as one table (it skips ``_`` names). A pass
-that crashed resumes: finished parts are kept and their blocks are not read again (whole input files
-whose block range is finished are skipped; within a file, a fused filter drops finished rows). Ray Data
+that crashed resumes: finished parts are kept and their blocks are not read again (row groups whose
+block range is finished are skipped; inside a row group the read task drops finished rows). Ray Data
 may deliver rows in any order and retry tasks: a part is written once it holds every one of its ids,
-duplicates dropped. Memory on the collecting process: the parts still open (``part_blocks`` rows each).
+duplicates dropped. Memory on the collecting process: the parts still open (``part_blocks`` rows of
+~27 bytes, + 4 * feature_dim); token ids stay in the read tasks and actors. See docs/scoring.md.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def load_model(model_path: str | Path, model_cfg: ModelConfig, *, vocab_size: in
         model.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
     elif (path / "config.json").is_file():
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # one bar per actor in the driver's log says nothing
         model = AutoModelForCausalLM.from_pretrained(path)
     else:
         raise ScoringError(f"{path} holds neither model.pt (a checkpoint) nor config.json (an exported model)")
@@ -347,8 +350,9 @@ def iter_parts(out_dir: str | Path, columns: list[str]) -> Iterator[pa.Table]:
     out_dir = Path(out_dir)
     if not (out_dir / COMPLETE).exists():
         raise ScoringError(f"{out_dir} holds no complete scoring pass (no {COMPLETE})")
-    for path in sorted(out_dir.glob("part-*.parquet")):
-        yield pq.read_table(path, columns=columns)
+    done = json.loads((out_dir / COMPLETE).read_text())
+    for p in range(-(-done["num_blocks"] // done["part_blocks"])):
+        yield pq.read_table(part_path(out_dir, p), columns=columns)
 
 
 def read_scores(out_dir: str | Path, columns: Optional[list[str]] = None) -> pa.Table:
@@ -383,9 +387,9 @@ def cluster_labels(out_dir: str | Path, num_blocks: int, scoring: ScoringConfig,
     for table in iter_parts(out_dir, [BLOCK_ID, FEATURE]):
         if FEATURE not in table.column_names:
             raise ScoringError(f"{out_dir} was scored without features; cannot cluster")
-        ids = table.column(BLOCK_ID).to_numpy()
-        pick = sample[(sample >= ids[0]) & (sample <= ids[-1])] - ids[0]
-        rows.append(_features(table)[pick])
+        ids = table.column(BLOCK_ID).to_numpy()  # a part: contiguous, sorted
+        low, high = np.searchsorted(sample, [ids[0], ids[-1] + 1])
+        rows.append(_features(table)[sample[low:high] - ids[0]])
     centroids = kmeans_fit(np.concatenate(rows), scoring.num_clusters, seed=seed, iters=scoring.kmeans_iters)
     labels = np.empty(num_blocks, dtype=np.int32)
     for table in iter_parts(out_dir, [BLOCK_ID, FEATURE]):

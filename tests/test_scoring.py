@@ -347,3 +347,20 @@ def test_run_with_a_scoring_phase_resumes_its_pass_then_lfr_ray_score(scored, tm
 
     summary = score_checkpoint(cfg, verbose=False)  # `lfr-ray score`: the exported model of the complete run
     assert Path(summary["out_dir"]) == paths.scores / "model" and summary["num_blocks"] == n
+
+
+@pytest.mark.ray
+@pytest.mark.gpu
+def test_gpu_pass_in_bf16_is_close_to_float32(scored):
+    """One actor on one GPU with bf16 autocast: the same blocks, losses within bf16 rounding of float32."""
+    import dataclasses
+
+    from lfr_ray.scoring import score_blocks
+
+    root = scored["root"]
+    scoring = dataclasses.replace(scored["scoring"], num_gpus_per_actor=1.0, min_actors=1, max_actors=1)
+    summary = score_blocks(scored["cfg"].data.output_dir, root / "ckpt", TINY, scoring, root / "gpu", progress=False)
+    assert summary["num_blocks"] == len(scored["tokens"])
+    gpu, cpu = read_scores(root / "gpu"), read_scores(root / "out")
+    np.testing.assert_array_equal(gpu[BLOCK_ID].to_numpy(), cpu[BLOCK_ID].to_numpy())
+    np.testing.assert_allclose(gpu[LOSS].to_numpy(), cpu[LOSS].to_numpy(), rtol=0, atol=0.05)
