@@ -372,6 +372,9 @@ class ScoringConfig:
     """k-means is fitted on a seeded sample of this many blocks, then every block gets its nearest centroid."""
     kmeans_iters: int = 25
     """Lloyd iterations of k-means (after k-means++ seeding)."""
+    node_resource: Optional[str] = None
+    """A custom resource that only the scoring node type declares (``lfr_score`` in ``cluster.yaml``);
+    each scoring actor then reserves a sliver of it, so the pool lands on that node type. Null: anywhere."""
 
     def validate(self, prefix: str = "scoring") -> None:
         _check_positive(self, prefix, "batch_size", "min_actors", "max_actors", "num_cpus_per_actor",
@@ -385,12 +388,16 @@ class ScoringConfig:
         if self.kmeans_sample_blocks < self.num_clusters:
             _fail(f"{prefix}.kmeans_sample_blocks", f"must be >= num_clusters={self.num_clusters}, "
                                                     f"got {self.kmeans_sample_blocks}")
+        if self.node_resource is not None:
+            _check_custom_resource(f"{prefix}.node_resource", self.node_resource)
 
     def actor_resources(self) -> dict[str, float]:
         """What one scoring actor reserves."""
         resources = {"CPU": self.num_cpus_per_actor}
         if self.num_gpus_per_actor:
             resources["GPU"] = self.num_gpus_per_actor
+        if self.node_resource is not None:
+            resources[self.node_resource] = NODE_RESOURCE_PER_WORKER
         return resources
 
 

@@ -32,7 +32,7 @@ def stats_actor_name(run_name: str) -> str:
 
 
 SCORING_PLACEMENT_KEYS = {"checkpoint", "batch_size", "min_actors", "max_actors", "num_cpus_per_actor",
-                          "num_gpus_per_actor", "num_cpus_per_read_task"}
+                          "num_gpus_per_actor", "num_cpus_per_read_task", "node_resource"}
 """``scoring`` keys that change where and how fast a scoring pass runs, not what it computes: a resumed run may change them."""
 
 

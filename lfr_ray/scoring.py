@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lfr_ray.clustering import kmeans_assign, kmeans_fit
-from lfr_ray.config import Config, ModelConfig, ScoringConfig
+from lfr_ray.config import NODE_RESOURCE_PER_WORKER, Config, ModelConfig, ScoringConfig
 from lfr_ray.data import BLOCK_ID, INPUT_IDS, SOURCE, load_metadata
 from lfr_ray.modeling import block_forward, block_forward_hidden, build_model
 from lfr_ray.paths import RunPaths, atomic_write_bytes, atomic_write_json
@@ -288,6 +288,7 @@ def score_blocks(data_dir: str | Path, model_path: str | Path, model_cfg: ModelC
             compute=ActorPoolStrategy(min_size=scoring.min_actors, max_size=scoring.max_actors),
             num_cpus=scoring.num_cpus_per_actor,
             num_gpus=scoring.num_gpus_per_actor or None,
+            **({"resources": {scoring.node_resource: NODE_RESOURCE_PER_WORKER}} if scoring.node_resource else {}),
         )
         writer = PartWriter(out_dir, num_blocks, scoring.part_blocks, set(np.flatnonzero(todo_mask).tolist()))
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):

@@ -85,3 +85,10 @@ def test_round_trip_through_yaml():
 def test_packaged_relative_input_resolves():
     cfg = load_config("debug.yaml")
     assert Path(cfg.data.resolved_inputs[0]).is_file()
+
+
+def test_scoring_node_resource_pins_the_pool():
+    cfg = load_config(None, ["scoring.node_resource=lfr_score", "scoring.num_gpus_per_actor=1"])
+    assert cfg.scoring.actor_resources() == {"CPU": 0.5, "GPU": 1.0, "lfr_score": 0.001}
+    with pytest.raises(ConfigError, match="'scoring.node_resource'"):
+        load_config(None, ["scoring.node_resource=GPU"])
