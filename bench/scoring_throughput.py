@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats_scale import machine  # noqa: E402
 
 from lfr_ray.config import load_config  # noqa: E402
-from lfr_ray.data import load_block_arrays, load_metadata, prepare  # noqa: E402
+from lfr_ray.blocks import load_block_arrays, load_metadata  # noqa: E402
+from lfr_ray.data import prepare  # noqa: E402
 from lfr_ray.modeling import build_model, num_params  # noqa: E402
 from lfr_ray.scoring import LOSS, read_scores, score_batch, score_blocks  # noqa: E402
 

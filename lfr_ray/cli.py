@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from lfr_ray.baselines import BaselineError
-    from lfr_ray.data import PrepareError, format_summary, prepare
+    from lfr_ray.blocks import PrepareError
+    from lfr_ray.data import format_summary, prepare
     from lfr_ray.pipeline import RunError, run
     from lfr_ray.schedule import PlanError
 

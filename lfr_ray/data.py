@@ -11,7 +11,8 @@ unit order, and a second Ray Data pass writes the final shards. Layout of ``<out
     tokenizer/                     AutoTokenizer.from_pretrained loads it
     metadata.json, config.yaml, _COMPLETE (written last)
 
-The read-back functions at the bottom use plain pyarrow and numpy, no Ray, for training workers.
+The packing itself is ``packing.py`` (pure numpy); the format's names and the read-back functions,
+used by training workers without Ray, are ``blocks.py``.
 """
 
 from __future__ import annotations
@@ -24,28 +25,25 @@ import os
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lfr_ray.blocks import (
+    COMPLETE, CONFIG, DOC_ID, FORMAT_VERSION, INPUT_IDS, METADATA, SCHEMA, SOURCE, SPLITS, STAGING,
+    TOKENIZER_DIR, PrepareError, is_complete, load_metadata,
+)
 from lfr_ray.config import DataConfig
+from lfr_ray.packing import Packer, in_val
 from lfr_ray.readers import SKIP_REASONS, Doc, InputError, SkipLog, Unit, check_columns, plan_units, read_docs
 from lfr_ray.tokenizer import TokenizerError, load_tokenizer, save_tokenizer, tokenizer_hash, train_bpe
 
 log = logging.getLogger(__name__)
 
-BLOCK_ID, INPUT_IDS, SOURCE, DOC_ID = "block_id", "input_ids", "source", "doc_id"
-SCHEMA = pa.schema([(BLOCK_ID, pa.int64()), (INPUT_IDS, pa.list_(pa.int32())), (SOURCE, pa.string()),
-                    (DOC_ID, pa.string())])
-SPLITS = ("train", "val")
-FORMAT_VERSION = 1
-METADATA, CONFIG, COMPLETE, STAGING, TOKENIZER_DIR = "metadata.json", "config.yaml", "_COMPLETE", "_staging", "tokenizer"
 
 # A final shard gathers whole unit outputs until it holds about this many bytes of token ids
 # (128 MiB / (129 ids * 4 B) ~ 260k blocks at block_len 128).
@@ -54,114 +52,6 @@ TARGET_SHARD_BYTES = 128 << 20
 _TOKENIZE_CHARS = 4_000_000
 # DataConfig fields that change neither the blocks nor the tokenizer; a re-run may differ in them.
 _HASH_EXCLUDED = ("output_dir", "num_cpus_per_task", "max_error_locations")
-
-
-class PrepareError(RuntimeError):
-    """Preparation cannot go on (bad inputs, nothing usable, a mismatched output); the message says why."""
-
-
-# --------------------------------------------------------------------------------------------
-# Packing: pure numpy
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Blocks:
-    input_ids: np.ndarray
-    """int32 [num_blocks, block_len + 1]."""
-    source_idx: np.ndarray
-    """Index into ``Packer.domains`` of each block's majority domain."""
-    doc_ids: list[str]
-    """Id of the document each block starts in."""
-    domain_tokens: np.ndarray
-    """Tokens per domain index in these blocks."""
-
-
-class Packer:
-    """Joins documents (each followed by EOT) into one stream and cuts blocks of ``block_len + 1`` ids.
-
-    Blocks do not overlap (stride ``block_len + 1``): a block's ids are a model's inputs ``[:-1]`` and
-    targets ``[1:]``, and every token lands in exactly one block, except the final partial block of the
-    stream, which ``tail_tokens`` counts once all documents are in.
-    """
-
-    def __init__(self, block_len: int, eot_id: int):
-        self.width = block_len + 1
-        self.eot_id = eot_id
-        self.domains: list[str] = []  # domain index -> name, in order of first appearance
-        self._domain_idx: dict[str, int] = {}
-        # The not-yet-packed remainder (< width tokens) and the documents it holds.
-        self._tokens = np.zeros(0, np.int32)
-        self._doc_starts = np.zeros(0, np.int64)
-        self._doc_domains = np.zeros(0, np.int32)
-        self._doc_ids: list[str] = []
-
-    @property
-    def tail_tokens(self) -> int:
-        return len(self._tokens)
-
-    def _domain(self, name: str) -> int:
-        if name not in self._domain_idx:
-            self._domain_idx[name] = len(self.domains)
-            self.domains.append(name)
-        return self._domain_idx[name]
-
-    def add(self, docs_tokens: Sequence[Sequence[int]], domains: Sequence[str], doc_ids: Sequence[str]) -> Blocks:
-        """Append documents; return the blocks that are now complete."""
-        width, eot = self.width, np.array([self.eot_id], np.int32)
-        parts = [self._tokens]
-        for ids in docs_tokens:
-            parts += [np.asarray(ids, np.int32), eot]
-        tokens = np.concatenate(parts)
-        lens = np.array([len(ids) + 1 for ids in docs_tokens], np.int64)
-        starts = np.concatenate([self._doc_starts, len(self._tokens) + np.cumsum(lens) - lens])
-        doc_domains = np.concatenate([self._doc_domains, [self._domain(d) for d in domains]]).astype(np.int32)
-        doc_ids = self._doc_ids + list(doc_ids)
-
-        n = len(tokens) // width
-        cut = n * width
-        token_domains = np.repeat(doc_domains, np.diff(np.append(starts, len(tokens))))[:cut]
-        first_doc = np.searchsorted(starts, np.arange(0, cut, width), side="right") - 1
-        blocks = Blocks(
-            input_ids=tokens[:cut].reshape(n, width),
-            source_idx=_majority(token_domains.reshape(n, width), len(self.domains)),
-            doc_ids=[doc_ids[i] for i in first_doc],
-            domain_tokens=np.bincount(token_domains, minlength=len(self.domains)),
-        )
-        # Keep the remainder; its first document may have started in an emitted block.
-        j = int(np.searchsorted(starts, cut, side="right")) - 1 if cut < len(tokens) else len(starts)
-        self._tokens = tokens[cut:].copy()
-        self._doc_starts = np.maximum(starts[j:] - cut, 0)
-        self._doc_domains = doc_domains[j:]
-        self._doc_ids = doc_ids[j:]
-        return blocks
-
-
-def _majority(token_domains: np.ndarray, num_domains: int) -> np.ndarray:
-    """Per block (row), the domain holding most tokens; a tie goes to the domain that appears first."""
-    n, width = token_domains.shape
-    if n == 0:
-        return np.zeros(0, np.int64)
-    d = token_domains.ravel().astype(np.int64)
-    block = np.repeat(np.arange(n, dtype=np.int64), width)
-    keys = block * num_domains + d
-    counts = np.bincount(keys, minlength=n * num_domains).reshape(n, num_domains)
-    # First position of each domain in each block: documents are contiguous, so look at run starts only.
-    run_start = np.ones(n * width, bool)
-    run_start[1:] = d[1:] != d[:-1]
-    run_start[::width] = True
-    runs = np.flatnonzero(run_start)
-    uniq, first = np.unique(keys[runs], return_index=True)
-    first_pos = np.full(n * num_domains, width, np.int64)
-    first_pos[uniq] = runs[first] % width
-    score = counts * (width + 1) + (width - first_pos.reshape(n, num_domains))
-    return score.argmax(axis=1)
-
-
-def in_val(doc_id: str, val_frac: float) -> bool:
-    """A stable hash of the document id decides its split: the same document is always on the same side."""
-    h = int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "little")
-    return h < val_frac * 2**64
 
 
 # --------------------------------------------------------------------------------------------
@@ -663,60 +553,3 @@ def format_summary(meta: dict[str, Any]) -> str:
     if meta["unigram_loss"] is not None:
         lines.append(f"  unigram baseline val loss {meta['unigram_loss']:.3f} nats/token")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Reading prepared data back (plain pyarrow; used inside training workers)
-# --------------------------------------------------------------------------------------------
-
-
-def is_complete(data_dir: str | Path) -> bool:
-    return (Path(data_dir) / COMPLETE).is_file()
-
-
-def tokenizer_dir(data_dir: str | Path) -> Path:
-    return Path(data_dir) / TOKENIZER_DIR
-
-
-def load_metadata(data_dir: str | Path) -> dict[str, Any]:
-    data_dir = Path(data_dir)
-    if not is_complete(data_dir):
-        hint = ("a preparation there did not finish; re-run `lfr-ray prepare` to resume it"
-                if (data_dir / STAGING).exists() else "run `lfr-ray prepare` first")
-        raise PrepareError(f"no prepared data at {data_dir} (no {COMPLETE} marker): {hint}")
-    meta = json.loads((data_dir / METADATA).read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise PrepareError(f"{data_dir} was prepared in format version {meta.get('format_version')}, this "
-                           f"version reads {FORMAT_VERSION}: re-run `lfr-ray prepare --force`")
-    return meta
-
-
-def read_blocks(data_dir: str | Path, split: str, columns: Optional[Sequence[str]] = None) -> pa.Table:
-    """All blocks of ``split`` (``train`` or ``val``) as one table sorted by ``block_id``."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    load_metadata(data_dir)  # refuses an unfinished directory
-    cols = list(columns) if columns is not None else SCHEMA.names
-    read_cols = cols if BLOCK_ID in cols else [BLOCK_ID, *cols]
-    files = sorted((Path(data_dir) / split).glob("part-*.parquet"))
-    if not files:
-        return SCHEMA.empty_table().select(cols)
-    table = pa.concat_tables([pq.read_table(f, columns=read_cols) for f in files])
-    ids = table.column(BLOCK_ID)
-    if len(ids) > 1 and not pc.all(pc.greater(ids[1:], ids[:-1])).as_py():
-        table = table.sort_by(BLOCK_ID)
-    return table.select(cols)
-
-
-def load_block_arrays(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(tokens int32 [N, block_len + 1], sources str [N])``, row i holding block_id i."""
-    width = load_metadata(data_dir)["block_len"] + 1
-    table = read_blocks(data_dir, split, [BLOCK_ID, INPUT_IDS, SOURCE])
-    n = table.num_rows
-    if not np.array_equal(table.column(BLOCK_ID).to_numpy(), np.arange(n)):
-        raise PrepareError(f"block ids of {data_dir}/{split} are not 0..{n - 1}: the directory is damaged; "
-                           f"re-run `lfr-ray prepare --force`")
-    chunks = [c.flatten().to_numpy() for c in table.column(INPUT_IDS).chunks]
-    tokens = np.concatenate(chunks).astype(np.int32, copy=False) if chunks else np.zeros(0, np.int32)
-    sources = np.array(table.column(SOURCE).to_pylist(), dtype=str) if n else np.zeros(0, dtype=str)
-    return tokens.reshape(n, width), sources

@@ -78,8 +78,9 @@ def run(cfg: Config, *, stop_after_phase: int | None = None, verbose: bool = Tru
     from ray.train.torch import TorchTrainer
 
     from lfr_ray.coordinator import Coordinator
+    from lfr_ray.blocks import read_blocks
     from lfr_ray.data import format_summary as format_data_summary
-    from lfr_ray.data import prepare, read_blocks
+    from lfr_ray.data import prepare
 
     paths = RunPaths(cfg.run.run_dir())
     if paths.complete.exists():
@@ -214,7 +215,7 @@ def phase_frame(run_dir: str | Path, phase_idx: int):
     """
     import yaml
 
-    from lfr_ray.data import read_blocks
+    from lfr_ray.blocks import read_blocks
     from lfr_ray.stats import BlockStats
 
     paths = RunPaths(Path(run_dir))

@@ -41,7 +41,7 @@ import torch
 
 from lfr_ray.clustering import kmeans_assign, kmeans_fit
 from lfr_ray.config import NODE_RESOURCE_PER_WORKER, Config, ModelConfig, ScoringConfig
-from lfr_ray.data import BLOCK_ID, INPUT_IDS, SOURCE, load_metadata
+from lfr_ray.blocks import BLOCK_ID, INPUT_IDS, SOURCE, load_metadata
 from lfr_ray.modeling import block_forward, block_forward_hidden, build_model
 from lfr_ray.paths import RunPaths, atomic_write_bytes, atomic_write_json
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from lfr_ray.config import Config, config_from_dict
-from lfr_ray.data import load_block_arrays, load_metadata
+from lfr_ray.blocks import load_block_arrays, load_metadata
 from lfr_ray.modeling import block_forward, build_model, param_groups
 from lfr_ray.schedule import lr_at, pass_order, plan_phases, rank_micro_batches, total_steps
 

@@ -15,10 +15,11 @@ import pytest
 
 from lfr_ray import data
 from lfr_ray.config import DataConfig
-from lfr_ray.data import (
-    BLOCK_ID, DOC_ID, INPUT_IDS, SOURCE, Packer, PrepareError, data_config_hash, in_val, is_complete,
-    load_block_arrays, load_metadata, prepare, process_unit, read_blocks,
+from lfr_ray.blocks import (
+    BLOCK_ID, DOC_ID, INPUT_IDS, SOURCE, PrepareError, is_complete, load_block_arrays, load_metadata, read_blocks,
 )
+from lfr_ray.data import data_config_hash, prepare, process_unit
+from lfr_ray.packing import Packer, in_val
 from lfr_ray.readers import plan_units
 from lfr_ray.tokenizer import encode_docs, load_tokenizer, save_tokenizer, tokenizer_hash, train_bpe
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lfr_ray.baselines import BaselineError, method_schedule, random_schedule, static_prune_schedule
-from lfr_ray.config import CompareConfig, ConfigError, Config, DataConfig, PhaseConfig, ScheduleConfig, TrainConfig, load_config
+from lfr_ray.config import ConfigError, Config, DataConfig, PhaseConfig, ScheduleConfig, TrainConfig, load_config
 from lfr_ray.report import (
     build_report, compute_curve, compute_tokens, mean_spread, position_in_pass, spearman, summarize,
     time_to_fraction_of_drop, tokens_to_target,

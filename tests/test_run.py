@@ -156,7 +156,6 @@ def test_resume_after_driver_is_killed(data_dir, tmp_path, ray_cluster):
     ref_out, _ = reference.communicate(timeout=400)
     assert reference.returncode == 0, ref_out
 
-    cfg = load_config("debug.yaml", overrides)
     paths_a = RunPaths(tmp_path / "resumed")
     paths_b = RunPaths(tmp_path / "reference")
     a = read_history(paths_a.root).to_pandas()

@@ -224,7 +224,8 @@ def test_diverse_by_cluster_needs_labels_and_records_quotas(tmp_path):
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory, ray_cluster):
     """The debug corpus, a checkpoint of a tiny model, and one complete pass with two actors and features."""
-    from lfr_ray.data import load_block_arrays, load_metadata, prepare
+    from lfr_ray.blocks import load_block_arrays, load_metadata
+    from lfr_ray.data import prepare
     from lfr_ray.scoring import score_blocks
 
     root = tmp_path_factory.mktemp("scoring")
