@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lfr_ray.paths import RunPaths, atomic_write_bytes, atomic_write_json
+from lfr_ray.paths import RunPaths, atomic_write_bytes, atomic_write_json, atomic_write_parquet
 from lfr_ray.selection import select_diverse, select_forgotten_first, select_hardest, select_sample
 from lfr_ray.stats import SOURCE_NAMES, BlockStats
 
@@ -157,10 +157,7 @@ class Coordinator:
 
     def _write_selection(self, phase_idx: int, ids: np.ndarray, keep_frac: float, info: dict[str, Any],
                          clusters: np.ndarray | None) -> None:
-        import io
-
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         loss = self.stats.latest_loss()[ids]
         # Domain strings decoded from codes by Arrow (a numpy string array of millions of rows is slow to build).
@@ -169,8 +166,7 @@ class Coordinator:
         columns = {"block_id": ids, "source": source, "latest_loss": loss}
         if clusters is not None:
             columns["cluster"] = np.asarray(clusters)[ids]
-        buf = io.BytesIO()
-        pq.write_table(pa.table(columns), buf)
+        table = pa.table(columns)
         sources = self.stats.last_source()[ids]
         atomic_write_json(
             self.paths.selection(phase_idx).with_suffix(".json"),
@@ -186,7 +182,7 @@ class Coordinator:
                 "latest_loss_step_range": [int(self.stats.last_step()[ids].min()), int(self.stats.last_step()[ids].max())],
             },
         )
-        atomic_write_bytes(self.paths.selection(phase_idx), buf.getvalue())
+        atomic_write_parquet(self.paths.selection(phase_idx), table)
 
     # -- phases, snapshots and resume ----------------------------------------------------------
 
@@ -195,13 +191,7 @@ class Coordinator:
 
         Idempotent: a phase replayed after a resume writes the same files again.
         """
-        import io
-
-        import pyarrow.parquet as pq
-
-        buf = io.BytesIO()
-        pq.write_table(self.stats.drain_history(), buf)
-        atomic_write_bytes(self.paths.history(phase_idx), buf.getvalue())
+        atomic_write_parquet(self.paths.history(phase_idx), self.stats.drain_history())
         path = self.paths.stats_snapshot(phase_idx)
         self.stats.save(path)
         summary = {"phase_idx": phase_idx, "step": step, **self.stats.summary()}

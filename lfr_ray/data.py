@@ -39,6 +39,7 @@ from lfr_ray.blocks import (
 )
 from lfr_ray.config import DataConfig
 from lfr_ray.packing import Packer, in_val
+from lfr_ray.paths import atomic_write_text
 from lfr_ray.readers import SKIP_REASONS, Doc, InputError, SkipLog, Unit, check_columns, plan_units, read_docs
 from lfr_ray.tokenizer import TokenizerError, load_tokenizer, save_tokenizer, tokenizer_hash, train_bpe
 
@@ -61,12 +62,6 @@ _HASH_EXCLUDED = ("output_dir", "num_cpus_per_task", "max_error_locations")
 
 def _report_path(staging: Path, unit_idx: int) -> Path:
     return staging / f"unit-{unit_idx:05d}.json"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _list_array(ids: np.ndarray) -> pa.Array:
@@ -190,7 +185,7 @@ def process_unit(unit: Unit, cfg: DataConfig, staging_dir: str, tok: dict[str, A
         "splits": split_reports,
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
-    _write_atomic(report_path, json.dumps(report))
+    atomic_write_text(report_path, json.dumps(report))
     return report
 
 
@@ -299,7 +294,7 @@ def _start_or_resume(out: Path, config_hash: str, units: list[Unit], keep_tok: b
         log.info("discarding an unfinished preparation at %s made from other inputs or config", out)
     _wipe(out, keep_tokenizer=keep_tok)
     staging.mkdir(parents=True)
-    _write_atomic(plan_path, json.dumps(plan))
+    atomic_write_text(plan_path, json.dumps(plan))
     return staging
 
 
@@ -358,7 +353,7 @@ def _prepare_tokenizer(cfg: DataConfig, out: Path, staging: Path, units: list[Un
         raise PrepareError(f"tokenizer {cfg.tokenizer} saved no tokenizer.json (a fast tokenizer is needed)")
     info = {"path": str(tok_dir), "name": name, "hash": tokenizer_hash(tok_dir), "vocab_size": len(tok),
             "eot_id": int(tok.eos_token_id), "eot_token": tok.eos_token}
-    _write_atomic(info_path, json.dumps(info))
+    atomic_write_text(info_path, json.dumps(info))
     return info
 
 
@@ -522,8 +517,8 @@ def prepare(cfg: DataConfig, *, config_yaml: str, force: bool = False, progress:
     _write_shards(out, staging, reports, meta, cfg, progress)
     stage_s["finalize"] = round(time.perf_counter() - t_final, 2)
     meta["elapsed_s"], meta["stage_s"] = round(time.perf_counter() - t0, 2), stage_s
-    _write_atomic(out / METADATA, json.dumps(meta, indent=1))
-    _write_atomic(out / CONFIG, config_yaml)
+    atomic_write_text(out / METADATA, json.dumps(meta, indent=1))
+    atomic_write_text(out / CONFIG, config_yaml)
     shutil.rmtree(staging)
     (out / COMPLETE).write_text("")  # last: its presence means everything above is in place
     return meta

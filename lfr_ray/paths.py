@@ -103,6 +103,17 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def atomic_write_parquet(path: Path, table) -> None:
+    """Write a ``pyarrow.Table`` as Parquet, atomically (see ``atomic_write_bytes``)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _json_default(obj: Any) -> Any:
     import numpy as np
 

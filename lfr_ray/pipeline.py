@@ -39,8 +39,8 @@ SCORING_PLACEMENT_KEYS = {"checkpoint", "batch_size", "min_actors", "max_actors"
 def check_run_config(paths: RunPaths, cfg: Config) -> None:
     """Write the resolved config into a new run directory, or check an existing run matches it.
 
-    Only logging and failure-handling settings may change when a run is resumed; anything that
-    changes what is trained would silently mix two runs in one directory.
+    Only logging, checkpointing, failure-handling and placement settings may change when a run is
+    resumed; anything that changes what is trained would silently mix two runs in one directory.
     """
     if not paths.config.exists():
         atomic_write_text(paths.config, cfg.to_yaml())

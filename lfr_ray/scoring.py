@@ -25,7 +25,6 @@ duplicates dropped. Memory on the collecting process: the parts still open (``pa
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -43,7 +42,7 @@ from lfr_ray.clustering import kmeans_assign, kmeans_fit
 from lfr_ray.config import NODE_RESOURCE_PER_WORKER, Config, ModelConfig, ScoringConfig
 from lfr_ray.blocks import BLOCK_ID, INPUT_IDS, SOURCE, load_metadata
 from lfr_ray.modeling import block_forward, block_forward_hidden, build_model
-from lfr_ray.paths import RunPaths, atomic_write_bytes, atomic_write_json
+from lfr_ray.paths import RunPaths, atomic_write_json, atomic_write_parquet
 
 LOSS, NUM_TOKENS, FEATURE = "loss", "num_tokens", "feature"
 COMPLETE, SPEC = "_COMPLETE", "_SPEC.json"
@@ -204,9 +203,7 @@ class PartWriter:
             return
         if ids[0] != low or ids[-1] != high - 1:
             raise ScoringError(f"part {p} received block ids outside [{low}, {high})")
-        buf = io.BytesIO()
-        pq.write_table(table, buf)
-        atomic_write_bytes(part_path(self.out_dir, p), buf.getvalue())
+        atomic_write_parquet(part_path(self.out_dir, p), table)
         del self.open[p], self.rows[p]
 
     def missing(self) -> list[int]:
