@@ -3,6 +3,7 @@
     python bench/data_efficiency.py                              # 4.8 M chars -> ~1.5 M tokens of blocks
     python bench/data_efficiency.py --train-chars 2M --seeds 0       # smaller, for a busy machine; one seed
     python bench/data_efficiency.py compare.methods=[lfr,random]      # any config override
+    python bench/data_efficiency.py --scored-lfr    # adds `lfr-scored`: LFR with focus sets from a scoring pass
 
 Writes a deterministic subset of ``../shared/corpus/minipile-v1/train.parquet`` (whole documents,
 chosen by a hash of their id, so every domain keeps its share) to ``data/bench/`` (not committed;
@@ -54,11 +55,27 @@ def write_subset(train_chars: int, out: Path) -> Path:
     return out
 
 
+def with_scored_lfr(cfg):
+    """``cfg`` plus the method ``lfr-scored``: its schedule with ``stats_source: score`` on every focus phase."""
+    import dataclasses
+
+    from lfr_ray.config import CompareVariant
+
+    phases = tuple(dataclasses.replace(p, stats_source="score") if p.kind == "focus" else p
+                   for p in cfg.schedule.phases)
+    compare = dataclasses.replace(cfg.compare, methods=(*cfg.compare.methods, "lfr-scored"),
+                                  variants=(*cfg.compare.variants, CompareVariant("lfr-scored", phases)))
+    return dataclasses.replace(cfg, compare=compare).validate()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-chars", default="4.8M", help="characters of training text (e.g. 2M, 4.8M)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the config's 0,1,2)")
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray instance")
+    parser.add_argument("--scored-lfr", action="store_true",
+                        help="also run 'lfr-scored': the LFR schedule with each focus phase selecting from a fresh "
+                             "scoring pass (stats_source: score) instead of the losses recorded during training")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
 
@@ -76,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds:
         overrides.append(f"compare.seeds=[{args.seeds}]")
     cfg = load_config("bench/minipile.yaml", overrides + args.overrides)
+    if args.scored_lfr:
+        cfg = with_scored_lfr(cfg)
     ray.init(num_cpus=args.num_cpus, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     t0 = time.time()
     compare(cfg)

@@ -15,9 +15,13 @@ to whole global batches, and the baselines' fractional ``passes`` are chosen so 
   Its focus set is chosen once, from a fresh scoring pass of every block with the weights at the end
   of the short learn phase (``stats_source: score``, ``scoring.py``), not from losses recorded while
   the learn phase's weights moved.
+* a ``compare.variants`` name: that LFR schedule, unchanged, provided it trains exactly the LFR plan's
+  total steps (otherwise a ``BaselineError`` says which ``passes`` of its last phase would).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from lfr_ray.config import PhaseConfig, ScheduleConfig
 from lfr_ray.schedule import phase_steps, plan_phases, total_steps
@@ -55,9 +59,29 @@ def static_prune_schedule(lfr: ScheduleConfig, num_blocks: int, global_batch_blo
     return ScheduleConfig((PhaseConfig("learn", learn_passes), focus))
 
 
+def variant_schedule(name: str, variant: ScheduleConfig, lfr: ScheduleConfig, num_blocks: int,
+                     global_batch_blocks: int) -> ScheduleConfig:
+    """``variant`` unchanged, after checking that it trains exactly the LFR plan's total steps."""
+    budget = total_steps(plan_phases(lfr, num_blocks, global_batch_blocks))
+    plans = plan_phases(variant, num_blocks, global_batch_blocks)
+    steps = total_steps(plans)
+    if steps != budget:
+        last = plans[-1]
+        room = budget - (steps - last.num_steps)
+        hint = (f"; passes={room / last.steps_per_pass:.6g} on its last phase would match" if room > 0
+                else "; shorten its earlier phases")
+        raise BaselineError(
+            f"compare variant {name!r} trains {steps} steps on this data, the LFR schedule {budget}: a comparison "
+            f"needs the same token budget{hint}"
+        )
+    return variant
+
+
 def method_schedule(method: str, lfr: ScheduleConfig, num_blocks: int, global_batch_blocks: int, *,
-                    learn_passes: float, keep_frac: float) -> ScheduleConfig:
+                    learn_passes: float, keep_frac: float,
+                    variants: Mapping[str, ScheduleConfig] | None = None) -> ScheduleConfig:
     """The schedule ``method`` trains, on ``num_blocks`` blocks with this global batch."""
+    variants = variants or {}
     if method == "lfr":
         return lfr
     if method == "random":
@@ -65,4 +89,7 @@ def method_schedule(method: str, lfr: ScheduleConfig, num_blocks: int, global_ba
     if method == "static-prune":
         return static_prune_schedule(lfr, num_blocks, global_batch_blocks,
                                      learn_passes=learn_passes, keep_frac=keep_frac)
-    raise BaselineError(f"unknown method {method!r}; known: lfr, random, static-prune")
+    if method in variants:
+        return variant_schedule(method, variants[method], lfr, num_blocks, global_batch_blocks)
+    known = ", ".join(["lfr", "random", "static-prune", *variants])
+    raise BaselineError(f"unknown method {method!r}; known: {known}")

@@ -46,7 +46,8 @@ def run_config(cfg: Config, method: str, seed: int, num_blocks: int) -> Config:
     """
     schedule = method_schedule(method, cfg.schedule, num_blocks, cfg.train.global_batch_blocks(),
                                learn_passes=cfg.compare.static_prune_learn_passes,
-                               keep_frac=cfg.compare.static_prune_keep_frac)
+                               keep_frac=cfg.compare.static_prune_keep_frac,
+                               variants=cfg.compare.variant_schedules())
     return dataclasses.replace(
         cfg,
         schedule=schedule,

@@ -426,7 +426,28 @@ class RunConfig:
 
 
 COMPARE_METHODS = ("lfr", "random", "static-prune")
-"""Methods ``lfr-ray compare`` knows; see ``lfr_ray/baselines.py`` for how each schedule is derived."""
+"""Built-in methods of ``lfr-ray compare``; see ``lfr_ray/baselines.py`` for how each schedule is derived.
+``compare.variants`` adds named LFR schedules beside them."""
+
+
+@dataclass(frozen=True)
+class CompareVariant:
+    """A named LFR schedule that ``lfr-ray compare`` runs beside ``lfr`` (the schedule in ``schedule``).
+
+    It shares everything with the other methods but its phase list, and must train the same number of optimizer
+    steps as ``schedule.phases`` (checked on the prepared data; the error says which ``passes`` would match)."""
+
+    name: str = ""
+    """Method name, listed in ``compare.methods``; its runs are ``<name>-s<seed>``."""
+    phases: tuple[PhaseConfig, ...] = ()
+    """Its phases, written as ``schedule.phases`` (e.g. the same schedule with ``stats_source: score`` on the focus
+    phases)."""
+
+    def validate(self, prefix: str) -> None:
+        if not self.name or "/" in self.name or self.name in COMPARE_METHODS:
+            _fail(f"{prefix}.name", f"must be a non-empty name without '/' and not a built-in method "
+                                    f"({', '.join(COMPARE_METHODS)}), got {self.name!r}")
+        ScheduleConfig(self.phases).validate(prefix)
 
 
 @dataclass(frozen=True)
@@ -440,12 +461,15 @@ class CompareConfig:
     """Comparison name; its runs and report live in ``<root_dir>/<name>/`` (runs as ``<method>-s<seed>``)."""
     root_dir: str = "runs"
     """Directory holding comparison directories."""
-    methods: tuple[Literal["lfr", "random", "static-prune"], ...] = COMPARE_METHODS
+    methods: tuple[str, ...] = COMPARE_METHODS
     """``lfr``: the schedule in ``schedule``; ``random``: one learn phase of the same token budget (ordinary
     random-order multi-epoch training); ``static-prune``: a short learn phase, then the hardest
-    ``static_prune_keep_frac`` of the blocks for the rest of the budget. ``random`` is the report's reference."""
+    ``static_prune_keep_frac`` of the blocks for the rest of the budget; or the name of a ``variants`` entry.
+    ``random`` is the report's reference."""
     seeds: tuple[int, ...] = (0, 1, 2)
     """``train.seed`` of each run (weights, data order); every method runs once per seed."""
+    variants: tuple[CompareVariant, ...] = ()
+    """Further LFR schedules to compare, each with a ``name`` (listed in ``methods``) and ``phases``."""
     static_prune_learn_passes: float = 0.25
     """Passes (a fraction of an epoch) of the learn phase whose model scores the blocks for static-prune."""
     static_prune_keep_frac: float = 0.5
@@ -456,14 +480,28 @@ class CompareConfig:
     def validate(self, prefix: str = "compare") -> None:
         if not self.name or "/" in self.name:
             _fail(f"{prefix}.name", f"must be a non-empty name without '/', got {self.name!r}")
-        if not self.methods or len(set(self.methods)) != len(self.methods):
-            _fail(f"{prefix}.methods", f"must list distinct methods out of {', '.join(COMPARE_METHODS)}, "
-                                       f"got {list(self.methods)!r}")
+        names = [v.name for v in self.variants]
+        for i, variant in enumerate(self.variants):
+            variant.validate(f"{prefix}.variants.{i}")
+            if variant.name in names[:i]:
+                _fail(f"{prefix}.variants.{i}.name", f"{variant.name!r} is defined twice")
+            if variant.name not in self.methods:
+                _fail(f"{prefix}.variants.{i}.name", f"{variant.name!r} is not in {prefix}.methods; list it there "
+                                                     f"to run it, or remove the variant")
+        known = (*COMPARE_METHODS, *names)
+        unknown = [m for m in self.methods if m not in known]
+        if not self.methods or unknown or len(set(self.methods)) != len(self.methods):
+            _fail(f"{prefix}.methods", f"must list distinct methods out of {', '.join(known)} (names of "
+                                       f"{prefix}.variants count too), got {list(self.methods)!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             _fail(f"{prefix}.seeds", f"must list at least one seed, without repeats, got {list(self.seeds)!r}")
         _check_positive(self, prefix, "static_prune_learn_passes")
         _check_fraction(f"{prefix}.static_prune_keep_frac", self.static_prune_keep_frac)
         _check_non_negative(self, prefix, "scoring_cost_frac")
+
+    def variant_schedules(self) -> dict[str, ScheduleConfig]:
+        """``{name: schedule}`` of the variants."""
+        return {v.name: ScheduleConfig(v.phases) for v in self.variants}
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,53 @@ def test_compare_config_validation():
         load_config(None, ["compare.static_prune_keep_frac=1.5"])
 
 
+def _scored(schedule: ScheduleConfig) -> ScheduleConfig:
+    """The same schedule with its focus phases selecting from a fresh scoring pass."""
+    return ScheduleConfig(tuple(PhaseConfig(p.kind, p.passes, p.keep_frac, stats_source="score")
+                                if p.kind == "focus" else p for p in schedule.phases))
+
+
+def test_a_variant_with_the_same_budget_runs_unchanged():
+    lfr, scored = ScheduleConfig(), _scored(ScheduleConfig())
+    sched = method_schedule("lfr-scored", lfr, 1005, 10, learn_passes=0.25, keep_frac=0.5,
+                            variants={"lfr-scored": scored})
+    assert sched == scored
+
+
+def test_a_variant_with_another_budget_is_refused_with_the_passes_that_would_match():
+    lfr = ScheduleConfig()
+    longer = ScheduleConfig((PhaseConfig("learn", 1), PhaseConfig("focus", 3, 0.4)))
+    with pytest.raises(BaselineError, match=r"'long' trains \d+ steps .* passes=([\d.]+) on its last phase") as err:
+        method_schedule("long", lfr, 1000, 10, learn_passes=0.25, keep_frac=0.5, variants={"long": longer})
+    passes = float(str(err.value).split("passes=")[1].split()[0])
+    fixed = ScheduleConfig((PhaseConfig("learn", 1), PhaseConfig("focus", passes, 0.4)))
+    budget = total_steps(plan_phases(lfr, 1000, 10))
+    assert total_steps(plan_phases(fixed, 1000, 10)) == budget
+    with pytest.raises(BaselineError, match="shorten its earlier phases"):
+        method_schedule("long", lfr, 1000, 10, learn_passes=0.25, keep_frac=0.5,
+                        variants={"long": ScheduleConfig((PhaseConfig("learn", 4), PhaseConfig("focus", 1, 0.5)))})
+
+
+def test_compare_variants_config():
+    phases = "[{kind: learn}, {kind: focus, keep_frac: 0.5, stats_source: score}]"
+    cfg = load_config(None, ["compare.methods=[lfr,random,scored]", f"compare.variants=[{{name: scored, phases: {phases}}}]"])
+    assert cfg.compare.variant_schedules()["scored"].phases[1].stats_source == "score"
+    with pytest.raises(ConfigError, match="compare.variants.0.name.*not in compare.methods"):
+        load_config(None, [f"compare.variants=[{{name: scored, phases: {phases}}}]"])
+    with pytest.raises(ConfigError, match="compare.methods.*lfr, random, static-prune"):
+        load_config(None, ["compare.methods=[lfr,typo]"])
+    with pytest.raises(ConfigError, match="compare.variants.0.name.*built-in"):
+        load_config(None, ["compare.methods=[lfr,random]", f"compare.variants=[{{name: random, phases: {phases}}}]"])
+    with pytest.raises(ConfigError, match="compare.variants.1.name.*twice"):
+        load_config(None, ["compare.methods=[lfr,a]",
+                           f"compare.variants=[{{name: a, phases: {phases}}}, {{name: a, phases: {phases}}}]"])
+    with pytest.raises(ConfigError, match="compare.variants.0.phases.0.kind"):
+        load_config(None, ["compare.methods=[lfr,a]", "compare.variants=[{name: a, phases: [{kind: focus}]}]"])
+    with pytest.raises(ConfigError, match="compare.variants.0.phases.1.keep_frac"):
+        load_config(None, ["compare.methods=[lfr,a]",
+                           "compare.variants=[{name: a, phases: [{kind: learn}, {kind: focus, keep_frac: 2}]}]"])
+
+
 # -- the report from synthetic run directories ---------------------------------------------------
 
 NUM_BLOCKS, BLOCK_LEN, BATCH = 40, 8, 4
@@ -255,3 +302,19 @@ def test_static_prune_selects_from_a_fresh_scoring_pass():
     sp = static_prune_schedule(ScheduleConfig(), 1000, 10, learn_passes=0.25, keep_frac=0.5)
     assert [p.stats_source for p in sp.phases] == ["record", "score"]
     assert sp.needs_scoring()
+
+
+def test_planned_runs_include_variants_seed_major_with_their_own_schedule(tmp_path):
+    from lfr_ray.compare import planned_runs
+
+    phases = "[{kind: learn}, {kind: focus, keep_frac: 0.5, stats_source: score}, {kind: review}, " \
+             "{kind: focus, keep_frac: 0.3, passes: 2, stats_source: score}]"
+    cfg = load_config(None, ["compare.methods=[lfr,scored]", "compare.seeds=[0,1]", f"compare.root_dir={tmp_path}",
+                             f"compare.variants=[{{name: scored, phases: {phases}}}]"])
+    runs = planned_runs(cfg, 1000)
+    assert [(m, s, c.run.name) for m, s, c in runs] == [
+        ("lfr", 0, "lfr-s0"), ("scored", 0, "scored-s0"), ("lfr", 1, "lfr-s1"), ("scored", 1, "scored-s1")]
+    scored = runs[1][2]
+    assert [p.stats_source for p in scored.schedule.phases] == ["record", "score", "record", "score"]
+    assert scored.compare.variants == ()  # a run's config does not depend on the comparison around it
+    assert scored.train.seed == 0 and scored.run.run_dir() == tmp_path / "compare" / "scored-s0"
