@@ -230,6 +230,13 @@ def diagnostics(history, plans, paths: RunPaths) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
+def _review_position_spearman(run: dict[str, Any]) -> Optional[float]:
+    """Mean position correlation over a run's review phases (None without one)."""
+    values = [v for idx, v in run["diagnostics"]["position_loss_spearman"].items()
+              if v is not None and run["schedule"][int(idx)]["kind"] == "review"]
+    return float(np.mean(values)) if values else None
+
+
 def _on_grid(run: dict[str, Any], key: str, grid: np.ndarray, series: Optional[list] = None) -> np.ndarray:
     y = np.asarray(series if series is not None else run[key], dtype=float)
     return np.interp(grid, np.asarray(run["tokens"], dtype=float), y)
@@ -293,6 +300,7 @@ def summarize(runs: list[dict[str, Any]], *, reference: str = REFERENCE_METHOD) 
             "domains_learned_first": _learning_order(mr, domains),
             "position_loss_spearman_learn": mean_spread(
                 r["diagnostics"]["position_loss_spearman"].get("0") for r in mr),
+            "position_loss_spearman_review": mean_spread(_review_position_spearman(r) for r in mr),
             "first_focus_first_half_share": mean_spread(r["diagnostics"]["first_focus_first_half_share"] for r in mr),
             "recorded_vs_scored_spearman": mean_spread(
                 a["spearman"] for r in mr for a in r["diagnostics"]["recorded_vs_scored"]),
@@ -550,13 +558,15 @@ def render_markdown(summary: dict[str, Any], runs: list[dict[str, Any]], plots: 
               "A loss recorded during training early in a pass comes from a less-trained model. *Position "
               "correlation* is Spearman's rho between a block's recorded loss in the first learn pass and its "
               "position in that pass (0 = first step, 1 = last): near -1 means the recorded losses mostly say "
-              "*when* a block was seen. *First-half share*: fraction of the first focus set whose deciding loss "
+              "*when* a block was seen; the same over review passes, recorded by a model that has seen every block. "
+              "*First-half share*: fraction of the first focus set whose deciding loss "
               "was recorded in the first half of its pass (0.5 if position did not matter). *Recorded vs scored*: "
               "Spearman's rho between a block's latest training-pass loss and a fresh scoring pass, where both exist.",
-              "", "| method | position correlation (learn pass) | first-half share of first focus set | recorded vs scored |",
-              "|---|---|---|---|"]
+              "", "| method | position correlation (learn pass) | position correlation (review passes) | "
+              "first-half share of first focus set | recorded vs scored |", "|---|---|---|---|---|"]
     for m, s in methods.items():
         lines.append(f"| {m} | {_ms(s['position_loss_spearman_learn'], '.2f')} | "
+                     f"{_ms(s['position_loss_spearman_review'], '.2f')} | "
                      f"{_ms(s['first_focus_first_half_share'], '.2f')} | {_ms(s['recorded_vs_scored_spearman'], '.2f')} |")
     lines += ["", "## Runs", "", "| run | final val loss | tokens to target | wall s | directory |", "|---|---|---|---|---|"]
     for r in runs:

@@ -264,6 +264,8 @@ def test_report_builds_from_synthetic_runs(tmp_path):
     assert m["lfr"]["domains_learned_first"][0]["domain"] in DOMAINS
     assert m["lfr"]["forgotten_at_least_once"]["mean"] == 7.5
     assert m["lfr"]["position_loss_spearman_learn"]["mean"] < -0.9  # the synthetic losses fall along the pass
+    assert m["lfr"]["position_loss_spearman_review"]["mean"] < -0.9  # ...in every pass
+    assert m["random"]["position_loss_spearman_review"]["mean"] is None  # no review phase
     assert m["static-prune"]["recorded_vs_scored_spearman"]["n"] == 2
     text = (out / "report.md").read_text()
     assert "plots/val_loss_vs_tokens.png" in text and "Which domains were learned first" in text
