@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from lfr_ray.config import PhaseConfig, ScheduleConfig
+from lfr_ray.config import COMPARE_METHODS, PhaseConfig, ScheduleConfig
 from lfr_ray.schedule import phase_steps, plan_phases, total_steps
 from lfr_ray.selection import num_keep
 
@@ -91,5 +91,5 @@ def method_schedule(method: str, lfr: ScheduleConfig, num_blocks: int, global_ba
                                      learn_passes=learn_passes, keep_frac=keep_frac)
     if method in variants:
         return variant_schedule(method, variants[method], lfr, num_blocks, global_batch_blocks)
-    known = ", ".join(["lfr", "random", "static-prune", *variants])
+    known = ", ".join([*COMPARE_METHODS, *variants])
     raise BaselineError(f"unknown method {method!r}; known: {known}")

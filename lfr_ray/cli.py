@@ -89,10 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     from lfr_ray.schedule import PlanError
 
     # lfr-ray's own progress messages (resume, tokenizer training, skipped rows) at INFO.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("[lfr-ray] %(message)s"))
     package_log = logging.getLogger("lfr_ray")
-    package_log.addHandler(handler)
+    if not package_log.handlers:  # main() may run more than once in a process (tests, notebooks)
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[lfr-ray] %(message)s"))
+        package_log.addHandler(handler)
     package_log.setLevel(logging.INFO)
     package_log.propagate = False
     _init_ray(args.address, args.num_cpus)
